@@ -1,0 +1,109 @@
+"""The one settings object: every knob Conveyor has, read from `CONVEYOR_*` environment variables.
+
+Nested sections use a double underscore: `CONVEYOR_DATABASE__URL`, `CONVEYOR_LIMITS__MAX_PENDING_JOBS`.
+Build it once (the CLI or `create_app`) and pass it down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class DatabaseSettings(BaseModel):
+    """Where jobs, recipes and files' metadata live."""
+
+    url: str = Field(
+        default="",
+        description="Database URL. Empty means SQLite at `<data_dir>/conveyor.db`. "
+        "`sqlite:///path.db` or `postgresql://user:pass@host/db` (also `?host=/socket/dir`).",
+    )
+    busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000, description="SQLite busy timeout across processes.")
+    pool_size: int = Field(default=8, ge=1, le=200, description="PostgreSQL connection pool size.")
+
+
+class FilesSettings(BaseModel):
+    """The blob store for uploaded and produced files."""
+
+    backend: str = Field(default="local", description="Blob store backend: `local` (a directory).")
+    path: str = Field(default="", description="Directory for the local backend. Empty means `<data_dir>/files`.")
+    inline_value_max_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Node output values larger than this (as JSON) are kept as file references, not in the database.",
+    )
+
+
+class ExecutorSettings(BaseModel):
+    """How jobs are run."""
+
+    kind: str = Field(default="local", description="Executor: `local` (an in-process asyncio pool).")
+    concurrency: int = Field(default=16, ge=1, le=10_000, description="Jobs run at once by one process.")
+    lease_s: float = Field(default=30.0, gt=0, description="Lease margin added to a job's timeout when claimed.")
+    renew_interval_s: float = Field(default=10.0, gt=0, description="How often a runner renews its leases.")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="How often an idle executor looks for work.")
+
+
+class LimitsSettings(BaseModel):
+    """Bounds on everything a client can send or make the server do."""
+
+    max_pending_jobs: int = Field(default=10_000, ge=1, description="Queued jobs beyond this answer 429.")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest uploaded or fetched file.")
+    max_image_pixels: int = Field(default=50_000_000, ge=1, description="Largest image (width × height) accepted.")
+    max_recipe_nodes: int = Field(default=1000, ge=1, description="Most nodes one recipe may have.")
+    job_timeout_s: float = Field(default=600.0, gt=0, description="Default per-job timeout.")
+    block_timeout_s: float = Field(default=300.0, gt=0, description="Default per-block timeout.")
+    max_recipe_depth: int = Field(default=5, ge=1, le=50, description="How deep `run_recipe` may nest.")
+    page_size_max: int = Field(default=500, ge=1, description="Largest `limit` a list endpoint accepts.")
+
+
+class NetSettings(BaseModel):
+    """The guarded outbound HTTP client."""
+
+    allow_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Private ranges opened for outbound requests, comma-separated (e.g. `127.0.0.0/8`).",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
+    max_redirects: int = Field(default=5, ge=0, le=20, description="Redirects followed, each one checked.")
+    max_response_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest response body read.")
+
+    @field_validator("allow_cidrs", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class Settings(BaseSettings):
+    """Conveyor's settings (`CONVEYOR_` prefix, `__` between section and field)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address `conveyor serve` binds.")
+    port: int = Field(default=1688, ge=0, le=65535, description="Port `conveyor serve` binds (Omnitool's).")
+    data_dir: Path = Field(default=Path(".conveyor"), description="Where the database, files and secrets live.")
+    access_log: bool = Field(default=False, description="HTTP access log (off: it halves throughput).")
+    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    seed_demo: bool = Field(default=True, description="Seed the demo recipes on first start.")
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    files: FilesSettings = Field(default_factory=FilesSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    net: NetSettings = Field(default_factory=NetSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the data directory."""
+        return self.database.url or f"sqlite:///{(self.data_dir / 'conveyor.db').resolve()}"
+
+    @property
+    def files_path(self) -> Path:
+        """The local blob store's directory."""
+        return Path(self.files.path) if self.files.path else self.data_dir / "files"
