@@ -7,10 +7,10 @@ Build it once (the CLI or `create_app`) and pass it down; nothing reads the envi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class DatabaseSettings(BaseModel):
@@ -53,7 +53,7 @@ class LimitsSettings(BaseModel):
     max_pending_jobs: int = Field(default=10_000, ge=1, description="Queued jobs beyond this answer 429.")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest uploaded or fetched file.")
-    max_image_pixels: int = Field(default=50_000_000, ge=1, description="Largest image (width × height) accepted.")
+    max_image_pixels: int = Field(default=50_000_000, ge=1, description="Largest image (width x height) accepted.")
     max_recipe_nodes: int = Field(default=1000, ge=1, description="Most nodes one recipe may have.")
     job_timeout_s: float = Field(default=600.0, gt=0, description="Default per-job timeout.")
     block_timeout_s: float = Field(default=300.0, gt=0, description="Default per-block timeout.")

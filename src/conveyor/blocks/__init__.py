@@ -1,0 +1,37 @@
+"""Blocks: the kinds of node a recipe is made of. `default_registry()` lists every built-in block."""
+
+from __future__ import annotations
+
+from conveyor.blocks.base import Block, BlockRegistry
+
+
+def builtin_blocks() -> list[Block]:
+    """One instance of every built-in block."""
+    from conveyor.blocks import control, documents, http, images, inputs, io, jsondata, recipes, text
+
+    return [
+        io.ChatInput(),
+        io.RecipeOutput(),
+        text.TextTemplate(),
+        text.TextReplace(),
+        text.MultiTextReplace(),
+        text.TextSplitter(),
+        text.TextToJson(),
+        jsondata.Jsonata(),
+        jsondata.JsonPacker(),
+        jsondata.JsonUnpacker(),
+        inputs.NumberInput(),
+        inputs.BooleanInput(),
+        inputs.InputText(),
+        images.PrepareImage(),
+        images.ImageInfo(),
+        documents.WriteDocument(),
+        http.HttpRequest(),
+        control.Delay(),
+        recipes.RunRecipe(),
+    ]
+
+
+def default_registry() -> BlockRegistry:
+    """A new registry holding every built-in block (one per app; no global registry)."""
+    return BlockRegistry(builtin_blocks())

@@ -153,10 +153,19 @@ class FileStore(Protocol):
 
 
 class HttpResponse(Protocol):
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-    url: str
+    """A finished outbound response with its (bounded) body."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def url(self) -> str: ...
 
 
 class HttpClient(Protocol):

@@ -115,7 +115,7 @@ class Database(ABC):
             return self._native_sql(stmt), args
         compiled = stmt.compile(dialect=self.sa_dialect(), compile_kwargs={"render_postcompile": True})
         params = compiled.params
-        names = compiled.positiontup or []
+        names = getattr(compiled, "positiontup", None) or []
         return str(compiled), [params[name] for name in names]
 
     @abstractmethod
@@ -165,7 +165,7 @@ class SqliteDatabase(Database):
     def sa_dialect(self) -> Dialect:
         from sqlalchemy.dialects import sqlite
 
-        return sqlite.dialect(paramstyle="qmark")  # type: ignore[no-any-return]
+        return sqlite.dialect(paramstyle="qmark")
 
     def _native_sql(self, sql: str) -> str:
         native = self._compiled.get(sql)
@@ -258,7 +258,7 @@ class PostgresDatabase(Database):
     def sa_dialect(self) -> Dialect:
         from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 
-        return pg_asyncpg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-any-return]
+        return pg_asyncpg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
     def _native_sql(self, sql: str) -> str:
         return sql

@@ -1,0 +1,50 @@
+"""What routes share: the runtime, pagination cursors, timestamps."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+
+from conveyor.errors import BadRequestError
+from conveyor.runtime import Runtime
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO 8601 UTC timestamp."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_cursor(created_at: int, ident: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}:{ident}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
+    """The (created_at, id) a list continues after; a bad cursor is a 400."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, ident = raw.split(":", 1)
+        return int(created), ident
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequestError("cursor is not one this server gave out") from None
+
+
+def page(items: list[dict[str, Any]], rows: list[Any], total: int, limit: int) -> dict[str, Any]:
+    """The shared list shape: `{"items", "total", "next_cursor"}`."""
+    next_cursor = None
+    if len(rows) == limit and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
+    return {"items": items, "total": total, "next_cursor": next_cursor}

@@ -1,0 +1,195 @@
+"""Native job routes: submit, list, read, result, cancel, and the Server-Sent Events stream of a job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from conveyor.api.deps import decode_cursor, iso, page, runtime
+from conveyor.errors import BadRequestError
+from conveyor.jobs.inputs import prepare_inputs
+from conveyor.jobs.service import is_terminal
+from conveyor.runtime import Runtime
+from conveyor.store.db import Row
+
+router = APIRouter(tags=["jobs"])
+
+JobStateName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    """A job to run: which recipe (id or name), its inputs, and optionally a revision and priority."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str = Field(min_length=1, max_length=200)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    revision: int | None = Field(default=None, ge=1)
+    priority: int = Field(default=0, ge=-100, le=100)
+
+
+def job_summary(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "state": row["state"],
+        "recipe": row["recipe_id"],
+        "revision": row["revision"],
+        "priority": row["priority"],
+        "attempts": row["attempts"],
+        "cancel_requested": bool(row["cancel_requested"]),
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "error": orjson.loads(row["error"]) if row["error"] else None,
+        "usage": _usage(row["usage"]),
+    }
+
+
+def _usage(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    usage: dict[str, Any] = orjson.loads(raw)
+    usage.pop("by_node", None)
+    return usage
+
+
+@router.post("/api/v1/jobs", status_code=202, summary="Submit a job")
+async def submit_job(
+    body: JobCreate,
+    rt: Runtime = Depends(runtime),
+    idempotency_key: str | None = Header(default=None, max_length=255),
+) -> Response:
+    recipe, graph = await rt.recipes.resolve(body.recipe, body.revision)
+    inputs = await prepare_inputs(graph.contract, body.inputs, rt.files)
+    job, created = await rt.jobs.submit(
+        recipe_id=recipe["id"],
+        revision=body.revision or recipe["latest_revision"],
+        inputs=inputs,
+        timeout_s=graph.doc.timeout_s or rt.settings.limits.job_timeout_s,
+        on_interrupt=graph.doc.on_interrupt,
+        idempotency_key=idempotency_key,
+        priority=body.priority,
+    )
+    if created and rt.executor is not None:
+        rt.executor.notify()
+    return JSONResponse(job_summary(job), status_code=202 if created else 200)
+
+
+@router.get("/api/v1/jobs", summary="List jobs")
+async def list_jobs(
+    rt: Runtime = Depends(runtime),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=200),
+    state: JobStateName | None = Query(None),
+    recipe: str | None = Query(None, max_length=200),
+) -> dict[str, Any]:
+    rows, total = await rt.jobs.list(limit=limit, state=state, recipe_id=recipe, after=decode_cursor(cursor))
+    return page([job_summary(row) for row in rows], rows, total, limit)
+
+
+@router.get("/api/v1/jobs/{job_id}", summary="Read a job: state, timings per node, error, usage")
+async def read_job(job_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    job = await rt.jobs.get(job_id)
+    events = await rt.jobs.events(job_id, limit=10_000)
+    usage = orjson.loads(job["usage"]) if job["usage"] else {}
+    return job_summary(job) | {"nodes": node_timings(events, usage.get("by_node", {}))}
+
+
+def node_timings(events: list[Row], usage_by_node: dict[str, Any]) -> dict[str, Any]:
+    """Per-node state, attempts, times and usage, folded from the job's events."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for event in events:
+        node = event["node"]
+        if not node:
+            continue
+        data = orjson.loads(event["data"])
+        entry = nodes.setdefault(node, {"state": "pending", "attempts": 0, "started_at": None, "finished_at": None})
+        kind = event["kind"]
+        if kind == "started":
+            entry.update(state="running", attempts=data.get("attempt", 1))
+            entry["started_at"] = entry["started_at"] or iso(event["at"])
+        elif kind in ("finished", "failed", "skipped"):
+            entry.update(state=kind if kind != "finished" else "succeeded", finished_at=iso(event["at"]))
+            entry["duration_ms"] = data.get("duration_ms")
+            if kind == "failed":
+                entry["error"] = data.get("error")
+        elif kind == "retried":
+            entry["last_error"] = data.get("error")
+    for node, usage in usage_by_node.items():
+        nodes.setdefault(node, {})["usage"] = usage
+    return nodes
+
+
+@router.get("/api/v1/jobs/{job_id}/result", summary="A job's outputs (202 while it runs)")
+async def read_result(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
+    job = await rt.jobs.get(job_id)
+    if not is_terminal(job["state"]):
+        return JSONResponse({"id": job_id, "state": job["state"], "outputs": None}, status_code=202)
+    error = orjson.loads(job["error"]) if job["error"] else None
+    return JSONResponse({"id": job_id, "state": job["state"], "outputs": await rt.jobs.outputs(job), "error": error})
+
+
+@router.post("/api/v1/jobs/{job_id}/cancel", summary="Cancel a job")
+async def cancel_job(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
+    job = await rt.jobs.cancel(job_id)
+    if job["state"] == "running" and rt.executor is not None and rt.executor.cancel_local(job_id):
+        for _ in range(100):  # the runner stops the blocks and stores the cancellation within milliseconds
+            await asyncio.sleep(0.01)
+            job = await rt.jobs.get(job_id)
+            if is_terminal(job["state"]):
+                break
+    return JSONResponse(job_summary(job), status_code=200 if is_terminal(job["state"]) else 202)
+
+
+SSE_POLL_MIN_S = 0.02
+SSE_POLL_MAX_S = 0.5
+SSE_HEARTBEAT_S = 15.0
+
+
+@router.get("/api/v1/jobs/{job_id}/events", summary="Server-Sent Events of a job's node and state events")
+async def stream_events(
+    job_id: str,
+    rt: Runtime = Depends(runtime),
+    last_event_id: str | None = Header(default=None, max_length=32),
+) -> StreamingResponse:
+    job = await rt.jobs.get(job_id)
+    try:
+        after = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise BadRequestError("Last-Event-ID must be an event id this server sent") from None
+    deadline = time.monotonic() + job["timeout_s"] + rt.settings.executor.lease_s * 3 + 60
+    return StreamingResponse(
+        _events(rt, job_id, after, deadline),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(rt: Runtime, job_id: str, after: int, deadline: float) -> AsyncIterator[bytes]:
+    """Reads events from the store (any process's), ending after the terminal state event or the deadline."""
+    delay = SSE_POLL_MIN_S
+    last_sent = time.monotonic()
+    while time.monotonic() < deadline:
+        rows = await rt.jobs.events(job_id, after_id=after)
+        for row in rows:
+            after = row["id"]
+            data = orjson.loads(row["data"])
+            payload = {"id": row["id"], "kind": row["kind"], "node": row["node"], "at": iso(row["at"]), **data}
+            yield f"id: {row['id']}\nevent: {row['kind']}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
+            if row["kind"] == "state" and data.get("state") in ("succeeded", "failed", "cancelled"):
+                return
+        if rows:
+            delay, last_sent = SSE_POLL_MIN_S, time.monotonic()
+            continue
+        if time.monotonic() - last_sent > SSE_HEARTBEAT_S:
+            last_sent = time.monotonic()
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, SSE_POLL_MAX_S)

@@ -1,0 +1,121 @@
+"""Native recipe routes: create (JSON or YAML), list, read, revise, delete, revisions, validate; blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from conveyor.api.deps import decode_cursor, iso, page, runtime
+from conveyor.errors import PayloadTooLargeError
+from conveyor.recipes.graph import RecipeGraph
+from conveyor.recipes.model import parse_recipe_text
+from conveyor.runtime import Runtime
+from conveyor.store import recipes as store
+from conveyor.store.db import Row
+
+router = APIRouter(tags=["recipes"])
+
+RECIPE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+async def _read_document(request: Request, rt: Runtime) -> Any:
+    body = await request.body()
+    if len(body) > rt.settings.limits.max_body_bytes:
+        raise PayloadTooLargeError(f"body is over {rt.settings.limits.max_body_bytes} bytes")
+    return parse_recipe_text(body, request.headers.get("content-type", "application/json"))
+
+
+def recipe_summary(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "description": row["description"],
+        "revision": row["latest_revision"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def contract(graph: RecipeGraph) -> dict[str, Any]:
+    """The recipe's inputs (start node fields) and outputs (output node ports), as clients see them."""
+    output = graph.nodes[graph.output]
+    return {
+        "inputs": {name: field.model_dump(exclude_none=True) for name, field in graph.contract.items()},
+        "outputs": {name: output.inputs[name].label() for name in output.sources},
+    }
+
+
+@router.post("/api/v1/recipes", status_code=201, summary="Create a recipe", openapi_extra=RECIPE_BODY)
+async def create_recipe(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    row = await rt.recipes.create(await _read_document(request, rt))
+    return recipe_summary(row)
+
+
+@router.post("/api/v1/recipes/validate", summary="Validate a recipe without saving it", openapi_extra=RECIPE_BODY)
+async def validate_recipe(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    graph = rt.recipes.validate(await _read_document(request, rt))
+    return {"valid": True, "name": graph.doc.name, **contract(graph)}
+
+
+@router.get("/api/v1/recipes", summary="List recipes")
+async def list_recipes(
+    rt: Runtime = Depends(runtime),
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=200),
+    name: str | None = Query(None, max_length=200),
+) -> dict[str, Any]:
+    rows = await store.read_recipes(rt.db, limit=limit, after=decode_cursor(cursor), name=name)
+    total = await store.count_recipes(rt.db, name=name)
+    return page([recipe_summary(row) for row in rows], rows, total, limit)
+
+
+@router.get("/api/v1/recipes/{recipe_id}", summary="Read a recipe and its newest revision")
+async def read_recipe(recipe_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    row = await rt.recipes.get(recipe_id)
+    graph = await rt.recipes.graph(row["id"], row["latest_revision"])
+    return recipe_summary(row) | contract(graph) | {"recipe": await rt.recipes.body(row["id"], row["latest_revision"])}
+
+
+@router.put("/api/v1/recipes/{recipe_id}", summary="Save a new revision", openapi_extra=RECIPE_BODY)
+async def update_recipe(recipe_id: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    row = await rt.recipes.update(recipe_id, await _read_document(request, rt))
+    return recipe_summary(row)
+
+
+@router.delete("/api/v1/recipes/{recipe_id}", status_code=204, summary="Delete a recipe (its jobs keep history)")
+async def delete_recipe(recipe_id: str, rt: Runtime = Depends(runtime)) -> Response:
+    await rt.recipes.delete(recipe_id)
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/recipes/{recipe_id}/revisions", summary="List a recipe's revisions")
+async def list_revisions(recipe_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    row = await rt.recipes.get(recipe_id)
+    revisions = await store.read_revisions(rt.db, row["id"])
+    items = [{"revision": r["revision"], "created_at": iso(r["created_at"])} for r in revisions]
+    return {"items": items, "total": len(items), "next_cursor": None}
+
+
+@router.get("/api/v1/blocks", summary="List the blocks recipes may use")
+async def list_blocks(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+    items = []
+    for name in rt.registry.names():
+        block = rt.registry.get(name)
+        assert block is not None
+        items.append(
+            {
+                "name": name,
+                "description": (type(block).__doc__ or "").strip(),
+                "config": block.Config.model_json_schema(),
+            }
+        )
+    return {"items": items, "total": len(items), "next_cursor": None}

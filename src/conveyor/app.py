@@ -1,0 +1,99 @@
+"""The HTTP application: `create_app(settings)` builds it; the lifespan opens and closes the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conveyor import __version__
+from conveyor.api import files, health, jobs, recipes
+from conveyor.api.errors import error_body, install_error_handlers
+from conveyor.recipes.seed import seed_demo_recipes
+from conveyor.runtime import open_runtime
+from conveyor.settings import Settings
+
+
+class BodyLimit:
+    """Refuses request bodies over a limit with 413, counting bytes as they arrive (chunked bodies too).
+
+    Uploads (`/api/v1/files`) get the file limit; every other route the JSON body limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_upload if scope["path"].startswith("/api/v1/files") else self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _too_large(send, limit)
+                return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(send, limit)
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    import orjson
+
+    body = orjson.dumps(error_body("payload_too_large", f"request body is over {limit} bytes"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None, *, run_executor: bool = True) -> FastAPI:
+    """Builds the app; nothing is opened until its lifespan starts."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_runtime(settings, run_executor=run_executor) as rt:
+            app.state.runtime = rt
+            if settings.seed_demo:
+                await seed_demo_recipes(rt.recipes)
+            yield {}
+
+    app = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        summary="Runs AI recipes as durable jobs behind a REST API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (health.router, recipes.router, jobs.router, files.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_body=settings.limits.max_body_bytes, max_upload=settings.limits.max_upload_bytes)
+    app.state.settings = settings
+    return app

@@ -1,0 +1,202 @@
+"""The `conveyor` command: serve, migrate, recipes, run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from conveyor.errors import ConveyorError
+from conveyor.settings import Settings
+
+app = typer.Typer(help="Conveyor: runs AI recipes as durable jobs behind a REST API.", no_args_is_help=True)
+recipes_app = typer.Typer(help="Manage recipes in the store.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)
+
+
+@app.command()
+def migrate() -> None:
+    """Brings the database schema to the newest revision."""
+    from conveyor.store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    console.print(f"database at {_redact(settings.database_url)} is up to date")
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Address to bind (CONVEYOR_HOST, default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (CONVEYOR_PORT, default 1688)."),
+    data_dir: Path | None = typer.Option(None, help="Data directory (CONVEYOR_DATA_DIR, default ./.conveyor)."),
+) -> None:
+    """Migrates, seeds the demo recipes on first start, and serves the API."""
+    import uvicorn
+
+    from conveyor.app import create_app
+    from conveyor.store.migrate import upgrade
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    console.print(f"Conveyor serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def _with_runtime(work: Callable[[Any], Awaitable[T]]) -> T:
+    from conveyor.runtime import open_runtime
+    from conveyor.store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+
+    async def main() -> T:
+        async with open_runtime(settings, run_executor=False) as rt:
+            return await work(rt)
+
+    try:
+        return asyncio.run(main())
+    except ConveyorError as exc:
+        _print_error(exc.message, exc.details)
+        raise typer.Exit(1) from None
+
+
+def _print_error(message: str, details: Any = None) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    if isinstance(details, list):
+        for item in details:
+            if isinstance(item, dict):
+                where = item.get("node") or item.get("field") or ".".join(map(str, item.get("loc", []))) or "recipe"
+                err_console.print(f"  - {where}: {item.get('message')}")
+
+
+def _read_recipe_file(path: Path) -> Any:
+    from conveyor.recipes.model import parse_recipe_text
+
+    kind = "application/yaml" if path.suffix.lower() in (".yaml", ".yml") else "application/json"
+    return parse_recipe_text(path.read_bytes(), kind)
+
+
+@recipes_app.command("import")
+def recipes_import(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Saves recipe files (YAML or JSON); a recipe whose id exists gets a new revision."""
+
+    async def work(rt: Any) -> None:
+        from conveyor.store.recipes import recipe_exists_any
+
+        for path in files:
+            data = _read_recipe_file(path)
+            ident = data.get("id") if isinstance(data, dict) else None
+            if ident and await recipe_exists_any(rt.db, ident):
+                row = await rt.recipes.update(ident, data)
+            else:
+                row = await rt.recipes.create(data)
+            console.print(f"{path}: {row['name']} ({row['id']}) revision {row['latest_revision']}")
+
+    _with_runtime(work)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """Lists the recipes."""
+    from rich.table import Table
+
+    async def work(rt: Any) -> None:
+        from conveyor.store.recipes import read_recipes
+
+        table = Table("id", "name", "revision")
+        for row in await read_recipes(rt.db, limit=500):
+            table.add_row(row["id"], row["name"], str(row["latest_revision"]))
+        console.print(table)
+
+    _with_runtime(work)
+
+
+@recipes_app.command("show")
+def recipes_show(recipe: str) -> None:
+    """Prints a recipe's newest revision (by id or name) as JSON."""
+
+    async def work(rt: Any) -> None:
+        row = await rt.recipes.get(recipe)
+        body = await rt.recipes.body(row["id"], row["latest_revision"])
+        console.print_json(json.dumps({"id": row["id"], "revision": row["latest_revision"], **body}))
+
+    _with_runtime(work)
+
+
+@recipes_app.command("validate")
+def recipes_validate(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Checks recipe files and lists every problem by node; exits 1 when any is invalid."""
+    from conveyor.blocks import default_registry
+    from conveyor.recipes.graph import compile_recipe
+
+    registry = default_registry()
+    failed = False
+    for path in files:
+        try:
+            compile_recipe(_read_recipe_file(path), registry)
+            console.print(f"{path}: valid")
+        except ConveyorError as exc:
+            failed = True
+            _print_error(f"{path}: {exc.message}", exc.details)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="Recipe id or name."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="name=value, or name=@file to upload a file."),
+    server: str | None = typer.Option(None, help="Server URL (default http://CONVEYOR_HOST:CONVEYOR_PORT)."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the job."),
+) -> None:
+    """Submits a job to a running server, shows node progress live, and prints the outputs."""
+    from conveyor.run_client import run_recipe
+
+    settings = _settings()
+    url = server or os.environ.get("CONVEYOR_URL") or f"http://{settings.host}:{settings.port}"
+    try:
+        ok = asyncio.run(run_recipe(url, recipe, inputs, timeout_s=timeout, console=console))
+    except httpx.HTTPError as exc:
+        _print_error(f"cannot reach the server at {url}: {exc}")
+        raise typer.Exit(2) from None
+    except ConveyorError as exc:
+        _print_error(exc.message, exc.details)
+        raise typer.Exit(1) from None
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

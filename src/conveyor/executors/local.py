@@ -1,0 +1,272 @@
+"""The local executor: an in-process asyncio pool that claims jobs from the store and runs them.
+
+Jobs are claimed with a lease (`owner` = host:pid:nonce) renewed while they run; on start and then every
+renewal the executor recovers jobs whose lease lapsed or whose owner process on this host is gone. Node
+events are buffered per tick and written in group commits; a trivial job's last events go in the same
+transaction as its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conveyor.blocks.base import UsageMeter
+from conveyor.engine.runner import Engine, JobTimeoutError, NodeFailedError
+from conveyor.jobs import queries as q
+from conveyor.jobs.service import ClaimedJob, JobService
+from conveyor.jobs.states import JobState
+from conveyor.jobs.values import dumps, encode
+from conveyor.recipes.graph import RecipeGraph
+
+log = logging.getLogger("conveyor.executor")
+
+GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
+
+
+def process_owner_prefix() -> str:
+    return f"{socket.gethostname()}:"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether the process named in a lease owner on this host has exited (`host:pid:nonce`)."""
+    try:
+        pid = int(owner.split(":")[1])
+    except (IndexError, ValueError):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class LocalExecutor:
+    """Runs up to `concurrency` jobs at once in this process."""
+
+    def __init__(
+        self,
+        jobs: JobService,
+        engine: Engine,
+        graphs: GraphSource,
+        *,
+        concurrency: int,
+        lease_s: float,
+        renew_interval_s: float,
+        poll_interval_s: float,
+    ) -> None:
+        self.jobs = jobs
+        self.engine = engine
+        self.graphs = graphs
+        self.concurrency = concurrency
+        self.lease_ms = int(lease_s * 1000)
+        self.renew_interval_s = renew_interval_s
+        self.poll_interval_s = poll_interval_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._events: dict[str, list[tuple[Any, ...]]] = {}
+        self._flush_scheduled = False
+        self._event_writes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        counts = await self.recover()
+        if counts["failed"] or counts["resumed"]:
+            log.warning("recovered interrupted jobs: %s", counts)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="executor-claim"),
+            asyncio.create_task(self._renew_loop(), name="executor-renew"),
+        ]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stops claiming; waits up to `grace_s` for running jobs, then releases the rest to the queue."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        if self._event_writes:
+            await asyncio.gather(*self._event_writes, return_exceptions=True)
+
+    def notify(self) -> None:
+        """A job was queued: look for work now rather than at the next poll."""
+        self._wake.set()
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Cancels a job this process is running; False when it runs elsewhere (its runner sees the flag)."""
+        task = self._running.get(job_id)
+        if task is None:
+            return False
+        self._cancel_requested.add(job_id)
+        task.cancel()
+        return True
+
+    async def recover(self) -> dict[str, int]:
+        return await self.jobs.recover(host_prefix=process_owner_prefix(), is_dead=self._is_dead)
+
+    def _is_dead(self, owner: str) -> bool:
+        if owner == self.owner:
+            return False
+        if owner.split(":")[1:2] == [str(os.getpid())]:
+            return True  # our pid, another nonce: an earlier process of ours that got the same pid
+        return owner_is_dead(owner)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            claimed: list[ClaimedJob] = []
+            if free > 0:
+                try:
+                    claimed = await self.jobs.claim(self.owner, free, self.lease_ms)
+                except Exception:
+                    log.exception("claiming jobs failed")
+                for job in claimed:
+                    task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+                    self._running[job.id] = task
+                    task.add_done_callback(functools.partial(self._job_done, job.id))
+            if claimed and len(claimed) == free:
+                continue  # there may be more waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval_s):
+                    await self._wake.wait()
+
+    def _job_done(self, job_id: str, _task: object = None) -> None:
+        self._running.pop(job_id, None)
+        self._cancel_requested.discard(job_id)
+        self._wake.set()
+
+    async def _renew_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.renew_interval_s)
+            try:
+                rows = await self.jobs.renew(self.owner, self.lease_ms)
+                for row in rows:
+                    if row["cancel_requested"]:
+                        self.cancel_local(row["id"])
+                await self.recover()
+            except Exception:
+                log.exception("renewing leases failed")
+
+    def _emit_for(self, job_id: str) -> Callable[[str, str, dict[str, Any]], None]:
+        buffer = self._events.setdefault(job_id, [])
+
+        def emit(kind: str, node: str, data: dict[str, Any]) -> None:
+            buffer.append((job_id, kind, node or None, data, q.now_ms()))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._schedule_event_flush)
+
+        return emit
+
+    def _schedule_event_flush(self) -> None:
+        self._flush_scheduled = False
+        batch: list[tuple[Any, ...]] = []
+        for buffer in self._events.values():
+            batch.extend(buffer)
+            buffer.clear()
+        if batch:
+            task = asyncio.create_task(self._write_events(batch))
+            self._event_writes.add(task)
+            task.add_done_callback(self._event_writes.discard)
+
+    async def _write_events(self, batch: list[tuple[Any, ...]]) -> None:
+        try:
+            rows = [await self._encode_event(event) for event in batch]
+            await self.jobs.db.write(self.jobs.event_op(rows))
+        except Exception:
+            log.exception("writing node events failed")
+
+    async def _encode_event(self, event: tuple[Any, ...]) -> tuple[Any, ...]:
+        job_id, kind, node, data, at = event
+        if kind == "finished" and "outputs" in data:
+            outputs = (await encode(data["outputs"], self.jobs.files, self.jobs.inline_max)).decode()
+            rest = dumps({k: v for k, v in data.items() if k != "outputs"}).decode()
+            encoded = rest[:-1] + (',"outputs":' if len(rest) > 2 else '"outputs":') + outputs + "}"
+        else:
+            encoded = dumps(data).decode()
+        return (job_id, kind, node, encoded, at)
+
+    async def _drain_events(self, job_id: str) -> list[tuple[Any, ...]]:
+        buffer = self._events.pop(job_id, [])
+        return [await self._encode_event(event) for event in buffer]
+
+    async def _run(self, job: ClaimedJob) -> None:
+        emit = self._emit_for(job.id)
+        emit("state", "", {"state": "running", "attempt": job.attempts})
+        usage = UsageMeter()
+        state, outputs, error = JobState.FAILED, None, None
+        try:
+            graph = await self.graphs(job.recipe_id, job.revision)
+            completed = await self.jobs.completed_nodes(job.id) if job.attempts > 1 else {}
+            outputs = await self.engine.run(
+                graph,
+                job.inputs,
+                job_id=job.id,
+                user_id=job.user_id,
+                emit=emit,
+                usage=usage,
+                completed=completed,
+                timeout_s=float(job.timeout_s),
+            )
+            state = JobState.SUCCEEDED
+        except NodeFailedError as exc:
+            error = {"code": "node_failed", "message": str(exc), "node": exc.node, "block": exc.block}
+        except JobTimeoutError as exc:
+            error = {"code": "timeout", "message": str(exc)}
+        except asyncio.CancelledError:
+            if job.id not in self._cancel_requested:
+                await self._release(job)
+                raise
+            state, error = JobState.CANCELLED, {"code": "cancelled", "message": "cancelled while running"}
+        except Exception as exc:
+            log.exception("job %s failed inside the engine", job.id)
+            error = {"code": "internal_error", "message": f"internal error: {type(exc).__name__}"}
+        await self._finish(job, state, outputs, error, usage)
+
+    async def _finish(
+        self,
+        job: ClaimedJob,
+        state: JobState,
+        outputs: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        usage: UsageMeter,
+    ) -> None:
+        events = await self._drain_events(job.id)
+        totals = usage.totals() | {"by_node": usage.by_node}
+        try:
+            ours = await self.jobs.finish(
+                job.id, self.owner, state, outputs=outputs, error=error, usage=totals, events=events
+            )
+        except Exception:
+            log.exception("storing the result of job %s failed", job.id)
+            return
+        if not ours:
+            log.warning("job %s was no longer ours when it finished; its result was not stored", job.id)
+
+    async def _release(self, job: ClaimedJob) -> None:
+        events = await self._drain_events(job.id)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.jobs.release(job.id, self.owner, events))

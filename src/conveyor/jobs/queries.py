@@ -1,0 +1,229 @@
+"""Jobs and job events: the hot path, as SQL texts prepared once by the drivers.
+
+Every state write is a conditional UPDATE whose `WHERE state IN (...)` comes from the one table of allowed
+moves (`jobs.states`): the database locks the row, checks the move and writes it in one statement, so two
+processes can never both move the same job. A move that matches no row was refused, and the caller reads
+the row to say why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.jobs.states import JobState, sources_sql
+from conveyor.store.db import Database, Op, Row
+
+JOB_COLUMNS = (
+    "id, recipe_id, revision, user_id, state, priority, inputs, result, error, usage, idempotency_key, "
+    "timeout_s, on_interrupt, lease_owner, lease_expires_at, cancel_requested, attempts, created_at, "
+    "started_at, finished_at, updated_at"
+)
+SUMMARY_COLUMNS = (
+    "id, recipe_id, revision, user_id, state, priority, error, usage, idempotency_key, timeout_s, "
+    "cancel_requested, attempts, created_at, started_at, finished_at, updated_at"
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+INSERT_JOB = """
+INSERT INTO jobs (id, recipe_id, revision, user_id, state, priority, inputs, idempotency_scope, idempotency_key,
+                  timeout_s, on_interrupt, created_at, updated_at)
+SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11
+WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'pending') < $12
+ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+"""
+INSERT_STATE_EVENT_IF_JOB = """
+INSERT INTO job_events (job_id, kind, node, data, at)
+SELECT CAST($1 AS VARCHAR(36)), 'state', NULL, CAST($2 AS TEXT), CAST($3 AS BIGINT)
+WHERE EXISTS (SELECT 1 FROM jobs WHERE id = CAST($1 AS VARCHAR(36)) AND created_at = CAST($3 AS BIGINT))
+"""
+INSERT_EVENT = "INSERT INTO job_events (job_id, kind, node, data, at) VALUES ($1, $2, $3, $4, $5)"
+
+
+def insert_job_ops(
+    *,
+    job_id: str,
+    recipe_id: str,
+    revision: int,
+    user_id: str | None,
+    priority: int,
+    inputs: str,
+    idempotency_scope: str,
+    idempotency_key: str | None,
+    timeout_s: int,
+    on_interrupt: str,
+    created_at: int,
+    max_pending: int,
+) -> list[Op]:
+    """The submit: the job row (unless the queue is full or the key was used) and its `pending` event."""
+    return [
+        Op(
+            INSERT_JOB,
+            (
+                job_id,
+                recipe_id,
+                revision,
+                user_id,
+                priority,
+                inputs,
+                idempotency_scope,
+                idempotency_key,
+                timeout_s,
+                on_interrupt,
+                created_at,
+                max_pending,
+            ),
+        ),
+        Op(INSERT_STATE_EVENT_IF_JOB, (job_id, '{"state":"pending"}', created_at)),
+    ]
+
+
+def claim_sql(dialect: str) -> str:
+    lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    return f"""
+UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT), started_at = COALESCE(started_at, $2),
+       attempts = attempts + 1, updated_at = $2
+WHERE state IN {sources_sql(JobState.RUNNING)} AND id IN (
+    SELECT id FROM jobs WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
+RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested
+"""
+
+
+def finish_ops(
+    *,
+    job_id: str,
+    owner: str,
+    state: JobState,
+    result: str | None,
+    error: str | None,
+    usage: str | None,
+    events: Sequence[tuple[Any, ...]],
+    at: int,
+) -> list[Op]:
+    """The end of a run: terminal state, result, error and usage, the last node events and the state event."""
+    ops = [
+        Op(
+            f"""UPDATE jobs SET state = $2, result = $3, error = $4, usage = $5, finished_at = $6, updated_at = $6,
+                lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = $1 AND lease_owner = $7 AND state IN {sources_sql(state)}""",
+            (job_id, state.value, result, error, usage, at, owner),
+        )
+    ]
+    if events:
+        ops.append(Op(INSERT_EVENT, list(events), many=True))
+    return ops
+
+
+def state_event(job_id: str, state: JobState, at: int, extra: str = "") -> tuple[Any, ...]:
+    data = f'{{"state":"{state.value}"{extra}}}'
+    return (job_id, "state", None, data, at)
+
+
+def release_op(job_id: str, owner: str, at: int) -> Op:
+    """Gives a claimed job back to the queue (shutdown, or a crash recovered with `on_interrupt: resume`)."""
+    return Op(
+        f"""UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+            WHERE id = $1 AND lease_owner = $2 AND state IN {sources_sql(JobState.PENDING)}""",
+        (job_id, owner, at),
+    )
+
+
+def fail_lapsed_op(job_id: str, owner: str, error: str, at: int) -> Op:
+    return Op(
+        f"""UPDATE jobs SET state = 'failed', error = $3, finished_at = $4, updated_at = $4, lease_owner = NULL,
+            lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND state IN {sources_sql(JobState.FAILED)}""",
+        (job_id, owner, error, at),
+    )
+
+
+RENEW_SQL = """
+UPDATE jobs SET lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT) WHERE lease_owner = $1 AND state = 'running'
+RETURNING id, cancel_requested
+"""
+
+CANCEL_PENDING_SQL = f"""
+UPDATE jobs SET state = 'cancelled', error = $2, finished_at = $3, updated_at = $3
+WHERE id = $1 AND state = 'pending' AND state IN {sources_sql(JobState.CANCELLED)}
+"""
+REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'"
+
+LAPSED_SQL = """
+SELECT id, lease_owner, on_interrupt FROM jobs
+WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
+ORDER BY id LIMIT 500
+"""
+
+
+async def read_job(db: Database, job_id: str) -> Row | None:
+    return await db.fetch_one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+
+
+async def read_job_by_key(db: Database, scope: str, key: str) -> Row | None:
+    return await db.fetch_one(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_scope = $1 AND idempotency_key = $2", scope, key
+    )
+
+
+async def read_result(db: Database, job_id: str) -> Row | None:
+    return await db.fetch_one("SELECT id, state, result, error, user_id FROM jobs WHERE id = $1", job_id)
+
+
+async def read_jobs(
+    db: Database,
+    *,
+    limit: int,
+    state: str | None = None,
+    recipe_id: str | None = None,
+    user_id: str | None = None,
+    after: tuple[int, str] | None = None,
+) -> list[Row]:
+    """Jobs newest first, keyset-paginated on (created_at, id), filtered by state, recipe and owner."""
+    where, args = _filters(state=state, recipe_id=recipe_id, user_id=user_id)
+    if after is not None:
+        args.extend(after)
+        n = len(args)
+        where.append(f"(created_at < ${n - 1} OR (created_at = ${n - 1} AND id < ${n}))")
+    args.append(limit)
+    clause = " AND ".join(where) or "1 = 1"
+    return await db.fetch_all(
+        f"SELECT {SUMMARY_COLUMNS} FROM jobs WHERE {clause} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+
+
+async def count_jobs(
+    db: Database, *, state: str | None = None, recipe_id: str | None = None, user_id: str | None = None
+) -> int:
+    where, args = _filters(state=state, recipe_id=recipe_id, user_id=user_id)
+    clause = " AND ".join(where) or "1 = 1"
+    return int(await db.fetch_val(f"SELECT COUNT(*) FROM jobs WHERE {clause}", *args))
+
+
+def _filters(**values: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in values.items():
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    return where, args
+
+
+async def read_events(db: Database, job_id: str, *, after_id: int = 0, limit: int = 500) -> list[Row]:
+    return await db.fetch_all(
+        "SELECT id, kind, node, data, at FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        job_id,
+        after_id,
+        limit,
+    )
+
+
+async def read_finished_nodes(db: Database, job_id: str) -> list[Row]:
+    return await db.fetch_all(
+        "SELECT node, data FROM job_events WHERE job_id = $1 AND kind = 'finished' ORDER BY id", job_id
+    )

@@ -1,0 +1,264 @@
+"""The job lifecycle: submit, claim, renew, finish, cancel, recover, and reads. Every dialect calls this."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from conveyor.blocks.base import FileStore
+from conveyor.errors import IllegalTransitionError, NotFoundError, QueueFullError
+from conveyor.jobs import queries as q
+from conveyor.jobs.states import TERMINAL, JobState
+from conveyor.jobs.values import dumps, encode, rehydrate
+from conveyor.store.db import Database, Op, Row
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this process now holds the lease of."""
+
+    id: str
+    recipe_id: str
+    revision: int
+    user_id: str | None
+    inputs: dict[str, Any]
+    timeout_s: int
+    on_interrupt: str
+    attempts: int
+
+
+class JobService:
+    """Reads and moves jobs in the store; holds no job in memory (any process can answer for any job)."""
+
+    def __init__(self, db: Database, files: FileStore, *, max_pending: int, inline_max: int) -> None:
+        self.db = db
+        self.files = files
+        self.max_pending = max_pending
+        self.inline_max = inline_max
+        self._claim_sql = q.claim_sql(db.dialect)
+
+    async def submit(
+        self,
+        *,
+        recipe_id: str,
+        revision: int,
+        inputs: dict[str, Any],
+        timeout_s: float,
+        on_interrupt: str = "fail",
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+    ) -> tuple[Row, bool]:
+        """Queues a job; returns (job, created). A repeated idempotency key returns the first job."""
+        job_id = str(uuid.uuid4())
+        at = q.now_ms()
+        scope = user_id or ""
+        encoded = (await encode(inputs, self.files, self.inline_max)).decode()
+        inserted, _ = await self.db.write(
+            *q.insert_job_ops(
+                job_id=job_id,
+                recipe_id=recipe_id,
+                revision=revision,
+                user_id=user_id,
+                priority=priority,
+                inputs=encoded,
+                idempotency_scope=scope,
+                idempotency_key=idempotency_key,
+                timeout_s=max(1, round(timeout_s)),
+                on_interrupt=on_interrupt,
+                created_at=at,
+                max_pending=self.max_pending,
+            )
+        )
+        if inserted:
+            return _new_job_row(job_id, recipe_id, revision, user_id, priority, idempotency_key, at), True
+        if idempotency_key is not None:
+            existing = await q.read_job_by_key(self.db, scope, idempotency_key)
+            if existing is not None:
+                return existing, False
+        raise QueueFullError(f"the queue is full ({self.max_pending} jobs waiting); retry later", retry_after_s=1)
+
+    async def claim(self, owner: str, limit: int, lease_ms: int) -> list[ClaimedJob]:
+        """Takes up to `limit` pending jobs, oldest first within priority, leased to `owner`."""
+        rows = await self.db.execute_returning(self._claim_sql, owner, q.now_ms(), lease_ms, limit)
+        claimed = []
+        for row in rows:
+            inputs = await rehydrate(orjson.loads(row["inputs"]), self.files)
+            claimed.append(
+                ClaimedJob(
+                    id=row["id"],
+                    recipe_id=row["recipe_id"],
+                    revision=row["revision"],
+                    user_id=row["user_id"],
+                    inputs=inputs,
+                    timeout_s=row["timeout_s"],
+                    on_interrupt=row["on_interrupt"],
+                    attempts=row["attempts"],
+                )
+            )
+        return claimed
+
+    async def renew(self, owner: str, lease_ms: int) -> list[Row]:
+        """Extends every lease `owner` holds; returns (id, cancel_requested) of its running jobs."""
+        return await self.db.execute_returning(q.RENEW_SQL, owner, q.now_ms(), lease_ms)
+
+    def event_op(self, events: Sequence[tuple[Any, ...]]) -> Op:
+        return Op(q.INSERT_EVENT, list(events), many=True)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        state: JobState,
+        *,
+        outputs: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        usage: dict[str, Any] | None,
+        events: Sequence[tuple[Any, ...]] = (),
+    ) -> bool:
+        """Ends a run in one transaction: state, result, error, usage and the last events. False if not ours."""
+        at = q.now_ms()
+        result = None if outputs is None else (await encode(outputs, self.files, self.inline_max)).decode()
+        extra = "" if error is None else ',"error":' + dumps(error).decode()
+        all_events = [*events, q.state_event(job_id, state, at, extra)]
+        results = await self.db.write(
+            *q.finish_ops(
+                job_id=job_id,
+                owner=owner,
+                state=state,
+                result=result,
+                error=None if error is None else dumps(error).decode(),
+                usage=None if usage is None else dumps(usage).decode(),
+                events=all_events,
+                at=at,
+            )
+        )
+        return bool(results[0])
+
+    async def release(self, job_id: str, owner: str, events: Sequence[tuple[Any, ...]] = ()) -> bool:
+        """Puts a claimed job back in the queue (this process is shutting down)."""
+        at = q.now_ms()
+        ops = [q.release_op(job_id, owner, at), self.event_op([*events, q.state_event(job_id, JobState.PENDING, at)])]
+        results = await self.db.write(*ops)
+        return bool(results[0])
+
+    async def cancel(self, job_id: str) -> Row:
+        """Cancels a pending job at once, or asks the runner of a running one to stop it."""
+        job = await self.get(job_id)
+        state = JobState(job["state"])
+        at = q.now_ms()
+        if state == JobState.PENDING:
+            error = dumps({"code": "cancelled", "message": "cancelled before it started"}).decode()
+            extra = ',"error":' + error
+            count, _ = await self.db.write(
+                Op(q.CANCEL_PENDING_SQL, (job_id, error, at)),
+                Op(
+                    q.INSERT_STATE_EVENT_IF_JOB.replace("created_at = $3", "state = 'cancelled'"),
+                    (job_id, f'{{"state":"cancelled"{extra}}}', at),
+                ),
+            )
+            if count:
+                return await self.get(job_id)
+            return await self.cancel(job_id)  # it was claimed meanwhile: ask its runner
+        if state == JobState.RUNNING:
+            await self.db.execute(q.REQUEST_CANCEL_SQL, job_id, at)
+            return await self.get(job_id)
+        raise IllegalTransitionError(f"job {job_id} is already {state.value}", details={"state": state.value})
+
+    async def recover(self, *, host_prefix: str, is_dead: Callable[[str], bool]) -> dict[str, int]:
+        """Finds running jobs whose lease lapsed (or whose owner on this host died) and fails or re-queues them.
+
+        Jobs of recipes with `on_interrupt: resume` go back to the queue and resume from their last finished
+        node; the others fail with reason `interrupted`.
+        """
+        rows = await self.db.fetch_all(q.LAPSED_SQL, q.now_ms(), host_prefix + "%")
+        counts = {"failed": 0, "resumed": 0}
+        for row in rows:
+            owner = row["lease_owner"] or ""
+            if owner.startswith(host_prefix) and not is_dead(owner):
+                continue
+            at = q.now_ms()
+            if row["on_interrupt"] == "resume":
+                done, _ = await self.db.write(
+                    q.release_op(row["id"], owner, at),
+                    self.event_op([q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')]),
+                )
+                counts["resumed"] += done
+            else:
+                error = {"code": "interrupted", "message": "the process running this job stopped before it finished"}
+                extra = ',"error":' + dumps(error).decode()
+                done, _ = await self.db.write(
+                    q.fail_lapsed_op(row["id"], owner, dumps(error).decode(), at),
+                    self.event_op([q.state_event(row["id"], JobState.FAILED, at, extra)]),
+                )
+                counts["failed"] += done
+        return counts
+
+    async def completed_nodes(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Outputs of the nodes a job's earlier runs finished (for resuming it)."""
+        completed: dict[str, dict[str, Any]] = {}
+        for row in await q.read_finished_nodes(self.db, job_id):
+            data = orjson.loads(row["data"])
+            completed[row["node"]] = await rehydrate(data.get("outputs") or {}, self.files)
+        return completed
+
+    async def read(self, job_id: str) -> Row | None:
+        return await q.read_job(self.db, job_id)
+
+    async def get(self, job_id: str) -> Row:
+        job = await q.read_job(self.db, job_id)
+        if job is None:
+            raise NotFoundError("job", job_id)
+        return job
+
+    async def outputs(self, job: Row) -> dict[str, Any] | None:
+        """A finished job's outputs (spilled values read back), or None."""
+        if job["result"] is None:
+            return None
+        return await rehydrate(orjson.loads(job["result"]), self.files)
+
+    async def events(self, job_id: str, *, after_id: int = 0, limit: int = 500) -> list[Row]:
+        return await q.read_events(self.db, job_id, after_id=after_id, limit=limit)
+
+    async def list(
+        self,
+        *,
+        limit: int,
+        state: str | None = None,
+        recipe_id: str | None = None,
+        user_id: str | None = None,
+        after: tuple[int, str] | None = None,
+    ) -> tuple[list[Row], int]:
+        rows = await q.read_jobs(self.db, limit=limit, state=state, recipe_id=recipe_id, user_id=user_id, after=after)
+        total = await q.count_jobs(self.db, state=state, recipe_id=recipe_id, user_id=user_id)
+        return rows, total
+
+
+def is_terminal(state: str) -> bool:
+    return JobState(state) in TERMINAL
+
+
+def _new_job_row(
+    job_id: str, recipe_id: str, revision: int, user_id: str | None, priority: int, key: str | None, at: int
+) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "recipe_id": recipe_id,
+        "revision": revision,
+        "user_id": user_id,
+        "state": "pending",
+        "priority": priority,
+        "idempotency_key": key,
+        "error": None,
+        "usage": None,
+        "cancel_requested": 0,
+        "attempts": 0,
+        "created_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": at,
+    }

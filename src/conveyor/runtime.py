@@ -1,0 +1,77 @@
+"""The composition root: opens every service a server process needs, in order, and closes them in reverse.
+
+Both the HTTP app's lifespan and the CLI use `open_runtime(settings)`; nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from conveyor.blocks import default_registry
+from conveyor.blocks.base import BlockRegistry
+from conveyor.engine.runner import Engine
+from conveyor.executors.local import LocalExecutor
+from conveyor.jobs.service import JobService
+from conveyor.net import GuardedClient
+from conveyor.recipes.service import RecipeService
+from conveyor.settings import Settings
+from conveyor.store.blobs import LocalBlobStore
+from conveyor.store.db import Database, open_database
+from conveyor.store.files import FileService
+
+log = logging.getLogger("conveyor")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a request handler or command may use, built once per process."""
+
+    settings: Settings
+    db: Database
+    registry: BlockRegistry
+    http: GuardedClient
+    files: FileService
+    recipes: RecipeService
+    jobs: JobService
+    engine: Engine
+    executor: LocalExecutor | None
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, *, run_executor: bool = True) -> AsyncIterator[Runtime]:
+    """Connects the store and starts the executor; everything is closed again on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = open_database(
+            settings.database_url,
+            busy_timeout_ms=settings.database.busy_timeout_ms,
+            pool_size=settings.database.pool_size,
+        )
+        await db.connect()
+        stack.push_async_callback(db.close)
+        http = GuardedClient(settings.net)
+        stack.push_async_callback(http.aclose)
+        blobs = LocalBlobStore(settings.files_path)
+        files = FileService(db, blobs, http, settings.limits)
+        registry = default_registry()
+        recipes = RecipeService(db, registry, max_nodes=settings.limits.max_recipe_nodes)
+        jobs = JobService(
+            db, files, max_pending=settings.limits.max_pending_jobs, inline_max=settings.files.inline_value_max_bytes
+        )
+        engine = Engine(files=files, http=http, limits=settings.limits, load_graph=recipes.latest_graph)
+        executor = None
+        if run_executor:
+            executor = LocalExecutor(
+                jobs,
+                engine,
+                recipes.graph,
+                concurrency=settings.executor.concurrency,
+                lease_s=settings.executor.lease_s,
+                renew_interval_s=settings.executor.renew_interval_s,
+                poll_interval_s=settings.executor.poll_interval_s,
+            )
+            await executor.start()
+            stack.push_async_callback(executor.stop)
+        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor)

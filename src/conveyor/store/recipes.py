@@ -1,0 +1,160 @@
+"""Recipes and their immutable revisions (a cold path: statements built with SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from conveyor.store.db import Database, Op, Row
+from conveyor.store.schema import recipe_revisions, recipes
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def create_recipe(
+    db: Database,
+    *,
+    name: str,
+    body: dict[str, Any],
+    description: str = "",
+    owner_id: str | None = None,
+    recipe_id: str | None = None,
+) -> Row:
+    """Creates a recipe with its first revision (1)."""
+    recipe_id = recipe_id or str(uuid.uuid4())
+    at = now_ms()
+    await db.write(
+        Op(
+            insert(recipes).values(
+                id=recipe_id,
+                name=name,
+                description=description,
+                owner_id=owner_id,
+                latest_revision=1,
+                created_at=at,
+                updated_at=at,
+            )
+        ),
+        Op(insert(recipe_revisions).values(recipe_id=recipe_id, revision=1, body=_dump(body), created_at=at)),
+    )
+    row = await read_recipe(db, recipe_id)
+    assert row is not None
+    return row
+
+
+async def add_revision(
+    db: Database, recipe_id: str, *, name: str, body: dict[str, Any], description: str
+) -> Row | None:
+    """Saves a new revision of an existing recipe; returns None when it does not exist.
+
+    The revision number comes from the row itself inside the write, so two saves at once get two numbers.
+    """
+    at = now_ms()
+    next_revision = select(recipes.c.latest_revision + 1).where(recipes.c.id == recipe_id).scalar_subquery()
+    results = await db.write(
+        Op(
+            insert(recipe_revisions).from_select(
+                ["recipe_id", "revision", "body", "created_at"],
+                select(recipes.c.id, next_revision, _literal(_dump(body)), _literal(at)).where(
+                    and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None))
+                ),
+            )
+        ),
+        Op(
+            update(recipes)
+            .where(and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None)))
+            .values(latest_revision=recipes.c.latest_revision + 1, name=name, description=description, updated_at=at)
+        ),
+    )
+    if results[1] == 0:
+        return None
+    return await read_recipe(db, recipe_id)
+
+
+def _literal(value: Any) -> Any:
+    from sqlalchemy import literal
+
+    return literal(value)
+
+
+def _dump(body: dict[str, Any]) -> str:
+    return orjson.dumps(body).decode()
+
+
+async def read_recipe(db: Database, recipe_id: str) -> Row | None:
+    """A live recipe by id, or None."""
+    return await db.fetch_one(select(recipes).where(and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None))))
+
+
+async def find_recipe(db: Database, ref: str) -> Row | None:
+    """A live recipe by id, or else by exact name (the newest of that name)."""
+    row = await read_recipe(db, ref)
+    if row is not None:
+        return row
+    return await db.fetch_one(
+        select(recipes)
+        .where(and_(recipes.c.name == ref, recipes.c.deleted_at.is_(None)))
+        .order_by(recipes.c.updated_at.desc())
+        .limit(1)
+    )
+
+
+async def read_recipes(
+    db: Database, *, limit: int, after: tuple[int, str] | None = None, name: str | None = None
+) -> list[Row]:
+    """Live recipes, newest first, keyset-paginated on (created_at, id)."""
+    query = select(recipes).where(recipes.c.deleted_at.is_(None))
+    if name:
+        query = query.where(recipes.c.name == name)
+    if after is not None:
+        created, ident = after
+        query = query.where(
+            or_(recipes.c.created_at < created, and_(recipes.c.created_at == created, recipes.c.id < ident))
+        )
+    return await db.fetch_all(query.order_by(recipes.c.created_at.desc(), recipes.c.id.desc()).limit(limit))
+
+
+async def count_recipes(db: Database, *, name: str | None = None) -> int:
+    query = select(func.count()).select_from(recipes).where(recipes.c.deleted_at.is_(None))
+    if name:
+        query = query.where(recipes.c.name == name)
+    return int(await db.fetch_val(query))
+
+
+async def delete_recipe(db: Database, recipe_id: str) -> bool:
+    """Soft-deletes a recipe: its revisions stay, so jobs that ran it keep their history."""
+    count = await db.execute(
+        update(recipes)
+        .where(and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None)))
+        .values(deleted_at=now_ms())
+    )
+    return count > 0
+
+
+async def read_revision(db: Database, recipe_id: str, revision: int) -> Row | None:
+    return await db.fetch_one(
+        select(recipe_revisions).where(
+            and_(recipe_revisions.c.recipe_id == recipe_id, recipe_revisions.c.revision == revision)
+        )
+    )
+
+
+async def read_revisions(db: Database, recipe_id: str) -> list[Row]:
+    """Every revision of a recipe, newest first, without bodies."""
+    return await db.fetch_all(
+        select(recipe_revisions.c.recipe_id, recipe_revisions.c.revision, recipe_revisions.c.created_at)
+        .where(recipe_revisions.c.recipe_id == recipe_id)
+        .order_by(recipe_revisions.c.revision.desc())
+    )
+
+
+async def recipe_exists_any(db: Database, recipe_id: str) -> bool:
+    """Whether an id is taken, deleted recipes included (ids are never reused)."""
+    row = await db.fetch_one(select(recipes.c.id).where(recipes.c.id == recipe_id))
+    return row is not None

@@ -1,0 +1,163 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a real server on loopback, an HTTP client.
+
+PostgreSQL comes from the `pgserver` package (PostgreSQL 16 bundled), started once per test session;
+each test gets its own database cloned from a migrated template. `CONVEYOR_TEST_DATABASE_URL` points the
+suite at an existing server instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from conveyor.settings import Settings
+from conveyor.store.migrate import upgrade
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the session: the configured one, or one started from `pgserver`."""
+    configured = os.environ.get("CONVEYOR_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    import pgserver
+
+    root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+    os.chmod(root, 0o777)  # as root, pgserver runs PostgreSQL as its own system user
+    server = pgserver.get_server(root, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    base, sep, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}{sep}{query}"
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> str:
+    """A database migrated once, cloned for every test that needs PostgreSQL."""
+    import psycopg
+
+    name = f"conveyor_template_{secrets.token_hex(4)}"
+    with psycopg.connect(_psycopg_url(pg_admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(_with_database(pg_admin_url, name))
+    return name
+
+
+def _psycopg_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    import psycopg
+
+    name = f"conveyor_test_{secrets.token_hex(6)}"
+    with psycopg.connect(_psycopg_url(pg_admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield _with_database(pg_admin_url, name)
+    finally:
+        with psycopg.connect(_psycopg_url(pg_admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database of each back end: SQLite in `tmp_path`, and PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'data' / 'conveyor.db'}"
+        upgrade(url)
+        return url
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Any:
+    """Builds `Settings` on the test's database and data directory, with overrides."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database": {"url": database_url},
+            "executor": {"poll_interval_s": 0.2, "renew_interval_s": 0.5, "lease_s": 5.0},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = values[key] | value
+            else:
+                values[key] = value
+        return Settings(**values)
+
+    return make
+
+
+class LiveServer:
+    """A Conveyor app served by uvicorn on 127.0.0.1 inside the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        from conveyor.app import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="none", lifespan="on", log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> LiveServer:
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(500):
+            if self.server.started or self.task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not self.server.started:
+            if self.task.done():
+                self.task.result()
+            raise RuntimeError("server did not start")
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, timeout=30)
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+@pytest.fixture
+async def server(make_settings: Any) -> AsyncIterator[LiveServer]:
+    """A real server on loopback, on SQLite and on PostgreSQL."""
+    async with LiveServer(make_settings()) as live:
+        yield live
+
+
+@pytest.fixture
+async def client(server: LiveServer) -> AsyncIterator[Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+        yield http

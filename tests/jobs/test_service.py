@@ -1,0 +1,134 @@
+"""The job lifecycle in the store, on SQLite and PostgreSQL: submit, claim, finish, cancel, recover."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from conveyor.errors import IllegalTransitionError, QueueFullError
+from conveyor.jobs.service import JobService
+from conveyor.jobs.states import ALLOWED_FROM, TERMINAL, JobState, can_move
+from conveyor.settings import Settings
+from conveyor.store.blobs import LocalBlobStore
+from conveyor.store.db import Database, open_database
+from conveyor.store.files import FileService
+from conveyor.store.recipes import create_recipe
+
+OWNER = "testhost:1:abc"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = open_database(database_url)
+    await database.connect()
+    await create_recipe(database, name="r", body={"name": "r", "nodes": {}}, recipe_id="r1")
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+def jobs(db: Database, tmp_path: Any) -> JobService:
+    settings = Settings(data_dir=tmp_path)
+    files = FileService(db, LocalBlobStore(tmp_path / "files"), None, settings.limits)
+    return JobService(db, files, max_pending=5, inline_max=1024)
+
+
+async def submit(jobs: JobService, **kw: Any) -> dict[str, Any]:
+    row, _ = await jobs.submit(recipe_id="r1", revision=1, inputs=kw.pop("inputs", {"text": "x"}), timeout_s=60, **kw)
+    return dict(row)
+
+
+async def test_submit_claim_finish(jobs: JobService) -> None:
+    job = await submit(jobs)
+    assert job["state"] == "pending"
+    claimed = await jobs.claim(OWNER, 10, 30_000)
+    assert [c.id for c in claimed] == [job["id"]] and claimed[0].inputs == {"text": "x"}
+    assert await jobs.claim("other:2:x", 10, 30_000) == []  # never claimed twice
+    ok = await jobs.finish(job["id"], OWNER, JobState.SUCCEEDED, outputs={"text": "done"}, error=None, usage={})
+    assert ok
+    row = await jobs.get(job["id"])
+    assert row["state"] == "succeeded" and await jobs.outputs(row) == {"text": "done"}
+    kinds = [(e["kind"], orjson.loads(e["data"]).get("state")) for e in await jobs.events(job["id"])]
+    assert kinds == [("state", "pending"), ("state", "succeeded")]
+
+
+async def test_a_finish_by_someone_who_lost_the_lease_changes_nothing(jobs: JobService) -> None:
+    job = await submit(jobs)
+    await jobs.claim(OWNER, 1, 30_000)
+    assert not await jobs.finish(job["id"], "thief:9:x", JobState.SUCCEEDED, outputs={}, error=None, usage=None)
+    assert (await jobs.get(job["id"]))["state"] == "running"
+
+
+async def test_idempotency_key_returns_the_first_job(jobs: JobService) -> None:
+    first, created = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1")
+    again, created_again = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1")
+    assert created and not created_again and again["id"] == first["id"]
+    other, _ = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1", user_id="u2")
+    assert other["id"] != first["id"]  # keys are scoped per user
+
+
+async def test_a_full_queue_refuses_with_retry_after(jobs: JobService) -> None:
+    for _ in range(5):
+        await submit(jobs)
+    with pytest.raises(QueueFullError) as caught:
+        await submit(jobs)
+    assert caught.value.status == 429 and caught.value.retry_after_s >= 1
+    _, total = await jobs.list(limit=100)
+    assert total == 5
+
+
+async def test_cancel_pending_and_running_and_finished(jobs: JobService) -> None:
+    pending = await submit(jobs)
+    row = await jobs.cancel(pending["id"])
+    assert row["state"] == "cancelled"
+    running = await submit(jobs)
+    await jobs.claim(OWNER, 1, 30_000)
+    row = await jobs.cancel(running["id"])
+    assert row["state"] == "running" and row["cancel_requested"] == 1
+    renewed = await jobs.renew(OWNER, 30_000)
+    assert [(r["id"], r["cancel_requested"]) for r in renewed] == [(running["id"], 1)]
+    with pytest.raises(IllegalTransitionError):
+        await jobs.cancel(pending["id"])
+
+
+async def test_recover_fails_or_requeues_lapsed_jobs(jobs: JobService, db: Database) -> None:
+    fail = await submit(jobs)
+    resume = await submit(jobs, on_interrupt="resume")
+    await jobs.claim("deadhost:1:x", 10, -1)  # a lease that has already lapsed
+    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True)
+    assert counts == {"failed": 1, "resumed": 1}
+    failed = await jobs.get(fail["id"])
+    assert failed["state"] == "failed" and orjson.loads(failed["error"])["code"] == "interrupted"
+    assert (await jobs.get(resume["id"]))["state"] == "pending"
+    claimed = await jobs.claim(OWNER, 10, 30_000)
+    assert [c.id for c in claimed] == [resume["id"]] and claimed[0].attempts == 2
+
+
+async def test_live_owner_on_this_host_is_left_alone(jobs: JobService) -> None:
+    job = await submit(jobs)
+    await jobs.claim("testhost:1:live", 1, 60_000)
+    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: False)
+    assert counts == {"failed": 0, "resumed": 0}
+    assert (await jobs.get(job["id"]))["state"] == "running"
+
+
+async def test_large_inputs_are_spilled_to_files(jobs: JobService, db: Database) -> None:
+    big = "x" * 5000
+    job = await submit(jobs, inputs={"text": big, "small": 1})
+    raw = await db.fetch_val("SELECT inputs FROM jobs WHERE id = $1", job["id"])
+    assert len(raw) < 500 and "$spilled" in raw
+    claimed = await jobs.claim(OWNER, 1, 30_000)
+    assert claimed[0].inputs == {"text": big, "small": 1}
+
+
+def test_state_table_is_closed_and_terminal_states_are_final() -> None:
+    for target, sources in ALLOWED_FROM.items():
+        for source in sources:
+            assert source not in TERMINAL, (source, target)
+    for terminal in TERMINAL:
+        assert not any(can_move(terminal, target) for target in JobState)
