@@ -38,20 +38,35 @@ class BodyLimit:
                 await _too_large(send, limit)
                 return
         received = 0
+        over = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    over = True
                     raise _BodyTooLarge(limit)
             return message
 
+        replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            # Frameworks turn an exception raised while reading the body into their own 400; answer 413 instead.
+            nonlocal replaced
+            if over:
+                if not replaced:
+                    replaced = True
+                    await _too_large(send, limit)
+                return
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, counted, guarded_send)
         except _BodyTooLarge:
-            await _too_large(send, limit)
+            if not replaced:
+                await _too_large(send, limit)
 
 
 class _BodyTooLarge(Exception):

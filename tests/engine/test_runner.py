@@ -70,7 +70,11 @@ class Recorder:
 async def test_chain_runs_and_returns_outputs() -> None:
     graph = graph_of(
         {
-            "greet": {"block": "text_template", "config": {"template": "Hello, {{ text }}!"}, "inputs": {"text": "start.text"}},
+            "greet": {
+                "block": "text_template",
+                "config": {"template": "Hello, {{ text }}!"},
+                "inputs": {"text": "start.text"},
+            },
             "out": {"block": "recipe_output", "inputs": {"text": "greet.text"}},
         }
     )
@@ -78,7 +82,7 @@ async def test_chain_runs_and_returns_outputs() -> None:
     outputs = await make_engine().run(graph, {"text": "world"}, job_id="j1", emit=rec)
     assert outputs == {"text": "Hello, world!"}
     assert rec.kinds("greet") == ["started", "finished"]
-    finished = [d for k, n, d in rec.events if k == "finished" and n == "greet"][0]
+    finished = next(d for k, n, d in rec.events if k == "finished" and n == "greet")
     assert finished["outputs"] == {"text": "Hello, world!"} and finished["duration_ms"] >= 0
 
 
@@ -100,8 +104,12 @@ async def test_independent_branches_run_in_parallel() -> None:
 async def test_retry_then_success_emits_retried_events() -> None:
     graph = graph_of(
         {
-            "f": {"block": "test_flaky", "config": {"failures": 2}, "inputs": {"value": "start.text"},
-                  "retry": {"attempts": 3, "backoff_s": 0.01}},
+            "f": {
+                "block": "test_flaky",
+                "config": {"failures": 2},
+                "inputs": {"value": "start.text"},
+                "retry": {"attempts": 3, "backoff_s": 0.01},
+            },
             "out": {"block": "recipe_output", "inputs": {"v": "f.value"}},
         }
     )
@@ -114,8 +122,12 @@ async def test_retry_then_success_emits_retried_events() -> None:
 async def test_non_retryable_error_is_not_retried() -> None:
     graph = graph_of(
         {
-            "f": {"block": "test_flaky", "config": {"failures": 5, "retryable": False}, "inputs": {"value": "start.text"},
-                  "retry": {"attempts": 3}},
+            "f": {
+                "block": "test_flaky",
+                "config": {"failures": 5, "retryable": False},
+                "inputs": {"value": "start.text"},
+                "retry": {"attempts": 3},
+            },
             "out": {"block": "recipe_output", "inputs": {"v": "f.value"}},
         }
     )
@@ -153,7 +165,11 @@ async def test_failure_in_one_branch_cancels_the_other() -> None:
     graph = graph_of(
         {
             "slow": {"block": "delay", "config": {"seconds": 5}, "inputs": {"value": "start.text"}},
-            "bad": {"block": "test_flaky", "config": {"failures": 1, "sleep_s": 0.05}, "inputs": {"value": "start.text"}},
+            "bad": {
+                "block": "test_flaky",
+                "config": {"failures": 1, "sleep_s": 0.05},
+                "inputs": {"value": "start.text"},
+            },
             "out": {"block": "recipe_output", "inputs": {"a": "slow.value", "b": "bad.value"}},
         }
     )

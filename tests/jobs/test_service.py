@@ -68,7 +68,9 @@ async def test_idempotency_key_returns_the_first_job(jobs: JobService) -> None:
     first, created = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1")
     again, created_again = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1")
     assert created and not created_again and again["id"] == first["id"]
-    other, _ = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1", user_id="u2")
+    other, _ = await jobs.submit(
+        recipe_id="r1", revision=1, inputs={}, timeout_s=60, idempotency_key="k1", user_id="u2"
+    )
     assert other["id"] != first["id"]  # keys are scoped per user
 
 

@@ -16,7 +16,11 @@ GREETING: dict[str, Any] = {
     "name": "Greeting",
     "nodes": {
         "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text", "required": True}}}},
-        "greet": {"block": "text_template", "config": {"template": "Hello, {{ text }}!"}, "inputs": {"text": "start.text"}},
+        "greet": {
+            "block": "text_template",
+            "config": {"template": "Hello, {{ text }}!"},
+            "inputs": {"text": "start.text"},
+        },
         "out": {"block": "recipe_output", "inputs": {"text": "greet.text"}},
     },
 }
@@ -40,11 +44,18 @@ def test_four_problems_are_all_named() -> None:
     recipe = {
         "name": "Broken",
         "nodes": {
-            "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text"}, "n": {"type": "number"}}}},
+            "start": {
+                "block": "chat_input",
+                "config": {"fields": {"text": {"type": "text"}, "images": {"type": "images"}}},
+            },
             "a": {"block": "text_template", "config": {"template": "{{ x }}"}, "inputs": {"x": "b.text"}},
             "b": {"block": "text_template", "config": {"template": "{{ y }}"}, "inputs": {"y": "a.text"}},
             "mystery": {"block": "no_such_block", "inputs": {"x": "start.text"}},
-            "replace": {"block": "text_replace", "config": {"find": "a", "replace": "b"}, "inputs": {"text": "start.images"}},
+            "replace": {
+                "block": "text_replace",
+                "config": {"find": "a", "replace": "b"},
+                "inputs": {"text": "start.images"},
+            },
             "split": {"block": "text_splitter"},
             "out": {"block": "recipe_output", "inputs": {"text": "a.text"}},
         },

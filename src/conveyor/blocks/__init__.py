@@ -26,7 +26,7 @@ def builtin_blocks() -> list[Block]:
         images.PrepareImage(),
         images.ImageInfo(),
         documents.WriteDocument(),
-        http.HttpRequest(),
+        http.HttpRequestBlock(),
         control.Delay(),
         recipes.RunRecipe(),
     ]

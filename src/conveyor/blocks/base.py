@@ -226,7 +226,11 @@ class Block(Protocol):
     """A kind of node. Implementations are stateless; one instance serves every job."""
 
     name: ClassVar[str]
-    Config: ClassVar[type[BlockConfig]]
+
+    @property
+    def Config(self) -> type[BlockConfig]:
+        """The pydantic model of the block's configuration."""
+        ...
 
     def ports(self, config: Any, wired: Iterable[str]) -> tuple[Ports, Ports]:
         """The node's (inputs, outputs) given its configuration and the names of its wired inputs."""

@@ -19,7 +19,6 @@ from typing import Any
 from conveyor.blocks.base import BlockContext, BlockError, FileStore, HttpClient, UsageMeter
 from conveyor.recipes.graph import CompiledNode, RecipeGraph
 
-
 # Receives node events as they happen: (kind, node, data), kind one of started, finished, failed, retried, skipped.
 EventSink = Callable[[str, str, dict[str, Any]], None]
 

@@ -86,8 +86,8 @@ def insert_job_ops(
 def claim_sql(dialect: str) -> str:
     lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
     return f"""
-UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT), started_at = COALESCE(started_at, $2),
-       attempts = attempts + 1, updated_at = $2
+UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT),
+       started_at = COALESCE(started_at, $2), attempts = attempts + 1, updated_at = $2
 WHERE state IN {sources_sql(JobState.RUNNING)} AND id IN (
     SELECT id FROM jobs WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
 RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested
