@@ -36,7 +36,7 @@ async def test_delay_passes_its_value_through(make_ctx: Ctx, inputs: dict[str, A
 async def test_delay_waits(make_ctx: Ctx) -> None:
     started = time.monotonic()
     await Delay().run(make_ctx(), Delay.Config(seconds=0.1), {"value": 1})
-    assert time.monotonic() - started >= 0.1
+    assert time.monotonic() - started >= 0.09  # the event loop may wake a clock tick early
 
 
 async def test_delay_stops_at_once_when_cancelled(make_ctx: Ctx) -> None:

@@ -29,8 +29,8 @@ from conveyor.blocks.text import (
 )
 
 Ctx = Callable[..., BlockContext]
-DEEP: list[Any] = [list(range(5000))]
-for _ in range(400):
+DEEP: list[Any] = [list(range(20_000))]
+for _ in range(100):
     DEEP = [DEEP, 1]
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 
@@ -173,6 +173,7 @@ async def test_template_stops_at_its_deadline(make_ctx: Ctx, template: str) -> N
         ("{{ lipsum(5) }}", "'lipsum' is undefined"),
         ("{{ range(10**9) }}", "Range too big"),
         ("{{ 10 ** 100000 }}", "number is too large"),
+        ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nests too deeply"),
     ],
 )
 async def test_template_failures_are_input_errors(make_ctx: Ctx, template: str, message: str) -> None:

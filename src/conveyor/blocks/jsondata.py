@@ -118,6 +118,8 @@ class Jsonata:
             raise BlockInputError(f"jsonata: expression does not parse: {exc} (at {exc.location})") from exc
         except RecursionError as exc:
             raise BlockInputError("jsonata: expression nests too deeply") from exc
+        except Exception as exc:  # jsonata-python's parser fails some malformed input with other errors
+            raise BlockInputError(f"jsonata: expression does not parse: {type(exc).__name__}: {exc}") from exc
         return self._compiled.put(expression, compiled)
 
     def ports(self, config: Jsonata.Config, wired: Iterable[str]) -> tuple[dict[str, Port], dict[str, Port]]:
@@ -141,6 +143,10 @@ class Jsonata:
             raise BlockInputError(f"jsonata: {exc}") from exc
         except RecursionError as exc:
             raise BlockInputError("jsonata: evaluation nests too deeply") from exc
+        except BlockInputError:
+            raise
+        except Exception as exc:  # the evaluator fails some expressions with Python errors; they are not transient
+            raise BlockInputError(f"jsonata: {type(exc).__name__}: {exc}") from exc
 
 
 class JsonPacker:

@@ -531,6 +531,8 @@ class TextTemplate:
             raise BlockInputError(f"template does not compile: {exc.message} (line {exc.lineno})") from exc
         except TemplateError as exc:
             raise BlockInputError(f"template does not compile: {exc.message}") from exc
+        except RecursionError as exc:
+            raise BlockInputError("template does not compile: it nests too deeply") from exc
         return self._compiled.put(source, _CompiledTemplate(template, variables))
 
     def ports(self, config: TextTemplate.Config, wired: Iterable[str]) -> tuple[dict[str, Port], dict[str, Port]]:
