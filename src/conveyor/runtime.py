@@ -71,6 +71,7 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
                 lease_s=settings.executor.lease_s,
                 renew_interval_s=settings.executor.renew_interval_s,
                 poll_interval_s=settings.executor.poll_interval_s,
+                max_resumes=settings.executor.max_resumes,
             )
             await executor.start()
             stack.push_async_callback(executor.stop)

@@ -28,7 +28,6 @@ class DatabaseSettings(BaseModel):
 class FilesSettings(BaseModel):
     """The blob store for uploaded and produced files."""
 
-    backend: str = Field(default="local", description="Blob store backend: `local` (a directory).")
     path: str = Field(default="", description="Directory for the local backend. Empty means `<data_dir>/files`.")
     inline_value_max_bytes: int = Field(
         default=65_536,
@@ -40,9 +39,15 @@ class FilesSettings(BaseModel):
 class ExecutorSettings(BaseModel):
     """How jobs are run."""
 
-    kind: str = Field(default="local", description="Executor: `local` (an in-process asyncio pool).")
     concurrency: int = Field(default=16, ge=1, le=10_000, description="Jobs run at once by one process.")
-    lease_s: float = Field(default=30.0, gt=0, description="Lease margin added to a job's timeout when claimed.")
+    lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a claim lasts unless renewed; a crashed process's jobs are recovered after it lapses.",
+    )
+    max_resumes: int = Field(
+        default=3, ge=0, le=100, description="Times a job with `on_interrupt: resume` is resumed before it fails."
+    )
     renew_interval_s: float = Field(default=10.0, gt=0, description="How often a runner renews its leases.")
     poll_interval_s: float = Field(default=1.0, gt=0, description="How often an idle executor looks for work.")
 
@@ -58,7 +63,6 @@ class LimitsSettings(BaseModel):
     job_timeout_s: float = Field(default=600.0, gt=0, description="Default per-job timeout.")
     block_timeout_s: float = Field(default=300.0, gt=0, description="Default per-block timeout.")
     max_recipe_depth: int = Field(default=5, ge=1, le=50, description="How deep `run_recipe` may nest.")
-    page_size_max: int = Field(default=500, ge=1, description="Largest `limit` a list endpoint accepts.")
 
 
 class NetSettings(BaseModel):

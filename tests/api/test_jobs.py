@@ -225,3 +225,28 @@ async def test_sub_recipe_runs_inside_the_job_and_depth_is_limited(client: Any) 
     job = (await client.post("/api/v1/jobs", json={"recipe": "Loop", "inputs": {"text": "again"}})).json()
     result = await wait_result(client, job["id"])
     assert result["state"] == "failed" and "nest deeper" in result["error"]["message"]
+
+
+async def test_events_keep_their_order_when_outputs_are_spilled(make_settings: Any) -> None:
+    """Regression: a spilled output's event batch used to land after the job's terminal state event."""
+    import httpx
+    from tests.conftest import LiveServer
+
+    recipe = {
+        "name": "Spill",
+        "nodes": {
+            "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text", "required": True}}}},
+            "wait": {"block": "delay", "config": {"seconds": 0}, "inputs": {"value": "start.text"}},
+            "out": {"block": "recipe_output", "inputs": {"text": "wait.value"}},
+        },
+    }
+    async with LiveServer(make_settings(files={"inline_value_max_bytes": 1024})) as live:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            created = (await client.post("/api/v1/recipes", json=recipe)).json()
+            big = "y" * 5000
+            job = (await client.post("/api/v1/jobs", json={"recipe": created["id"], "inputs": {"text": big}})).json()
+            result = await wait_result(client, job["id"])
+            assert result["outputs"] == {"text": big}
+            events = _parse_sse((await client.get(f"/api/v1/jobs/{job['id']}/events")).text)
+            assert events[-1]["kind"] == "state" and events[-1]["state"] == "succeeded"
+            assert {e["node"] for e in events if e["kind"] == "finished"} == {"start", "wait", "out"}

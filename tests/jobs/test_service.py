@@ -134,3 +134,15 @@ def test_state_table_is_closed_and_terminal_states_are_final() -> None:
             assert source not in TERMINAL, (source, target)
     for terminal in TERMINAL:
         assert not any(can_move(terminal, target) for target in JobState)
+
+
+async def test_a_job_that_keeps_crashing_is_resumed_at_most_max_resumes_times(jobs: JobService) -> None:
+    job = await submit(jobs, on_interrupt="resume")
+    outcomes = []
+    for _ in range(4):
+        claimed = await jobs.claim("deadhost:1:x", 1, -1)
+        if not claimed:
+            break
+        outcomes.append(await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True, max_resumes=2))
+    assert outcomes == [{"failed": 0, "resumed": 1}, {"failed": 0, "resumed": 1}, {"failed": 1, "resumed": 0}]
+    assert (await jobs.get(job["id"]))["state"] == "failed"

@@ -90,7 +90,8 @@ async def list_jobs(
     state: JobStateName | None = Query(None),
     recipe: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    rows, total = await rt.jobs.list(limit=limit, state=state, recipe_id=recipe, after=decode_cursor(cursor))
+    recipe_id = (await rt.recipes.get(recipe))["id"] if recipe else None
+    rows, total = await rt.jobs.list(limit=limit, state=state, recipe_id=recipe_id, after=decode_cursor(cursor))
     return page([job_summary(row) for row in rows], rows, total, limit)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -114,7 +115,7 @@ async def list_blocks(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
         items.append(
             {
                 "name": name,
-                "description": (type(block).__doc__ or "").strip(),
+                "description": inspect.cleandoc(type(block).__doc__ or ""),
                 "config": block.Config.model_json_schema(),
             }
         )

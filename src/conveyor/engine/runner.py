@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.blocks.base import BlockContext, BlockError, FileStore, HttpClient, UsageMeter
+from conveyor.errors import ConveyorError
 from conveyor.recipes.graph import CompiledNode, RecipeGraph
 
 # Receives node events as they happen: (kind, node, data), kind one of started, finished, failed, retried, skipped.
@@ -213,7 +214,10 @@ class Engine:
                 raise BlockError(f"recipes nest deeper than {self.max_depth} levels", retryable=False)
             if self.load_graph is None:
                 raise BlockError("sub-recipes are not available here", retryable=False)
-            graph = await self.load_graph(recipe)
+            try:
+                graph = await self.load_graph(recipe)
+            except ConveyorError as exc:  # unknown or invalid sub-recipe: trying again will not help
+                raise BlockError(f"sub-recipe {recipe!r}: {exc.message}", retryable=False) from exc
 
             def emit(kind: str, node: str, data: dict[str, Any]) -> None:
                 return None  # a sub-recipe's node events stay inside its run_recipe node

@@ -31,8 +31,13 @@ log = logging.getLogger("conveyor.executor")
 GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
 
 
+def _host() -> str:
+    # lease_owner is VARCHAR(64): host (at most 40) + ":" + pid + ":" + 8 hex digits always fits
+    return socket.gethostname()[:40]
+
+
 def process_owner_prefix() -> str:
-    return f"{socket.gethostname()}:"
+    return f"{_host()}:"
 
 
 def owner_is_dead(owner: str) -> bool:
@@ -63,6 +68,7 @@ class LocalExecutor:
         lease_s: float,
         renew_interval_s: float,
         poll_interval_s: float,
+        max_resumes: int = 3,
     ) -> None:
         self.jobs = jobs
         self.engine = engine
@@ -71,7 +77,8 @@ class LocalExecutor:
         self.lease_ms = int(lease_s * 1000)
         self.renew_interval_s = renew_interval_s
         self.poll_interval_s = poll_interval_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.max_resumes = max_resumes
+        self.owner = f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._wake = asyncio.Event()
@@ -80,6 +87,7 @@ class LocalExecutor:
         self._events: dict[str, list[tuple[Any, ...]]] = {}
         self._flush_scheduled = False
         self._event_writes: set[asyncio.Task[None]] = set()
+        self._last_write: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         counts = await self.recover()
@@ -120,7 +128,9 @@ class LocalExecutor:
         return True
 
     async def recover(self) -> dict[str, int]:
-        return await self.jobs.recover(host_prefix=process_owner_prefix(), is_dead=self._is_dead)
+        return await self.jobs.recover(
+            host_prefix=process_owner_prefix(), is_dead=self._is_dead, max_resumes=self.max_resumes
+        )
 
     def _is_dead(self, owner: str) -> bool:
         if owner == self.owner:
@@ -188,16 +198,25 @@ class LocalExecutor:
             batch.extend(buffer)
             buffer.clear()
         if batch:
-            task = asyncio.create_task(self._write_events(batch))
+            task = asyncio.create_task(self._write_events(batch, self._last_write))
+            self._last_write = task
             self._event_writes.add(task)
             task.add_done_callback(self._event_writes.discard)
 
-    async def _write_events(self, batch: list[tuple[Any, ...]]) -> None:
+    async def _write_events(self, batch: list[tuple[Any, ...]], previous: asyncio.Task[None] | None) -> None:
+        """Writes a batch after the batch before it, so a job's events keep the order they happened in."""
         try:
             rows = [await self._encode_event(event) for event in batch]
+            if previous is not None:
+                await asyncio.wait([previous])
             await self.jobs.db.write(self.jobs.event_op(rows))
         except Exception:
             log.exception("writing node events failed")
+
+    async def _events_written(self) -> None:
+        """Waits until every batch flushed so far is in the store (a job's last events follow them)."""
+        while (last := self._last_write) is not None and not last.done():
+            await asyncio.wait([last])  # a newer batch may start meanwhile: wait for that one too
 
     async def _encode_event(self, event: tuple[Any, ...]) -> tuple[Any, ...]:
         job_id, kind, node, data, at = event
@@ -210,6 +229,7 @@ class LocalExecutor:
         return (job_id, kind, node, encoded, at)
 
     async def _drain_events(self, job_id: str) -> list[tuple[Any, ...]]:
+        await self._events_written()
         buffer = self._events.pop(job_id, [])
         return [await self._encode_event(event) for event in buffer]
 

@@ -153,7 +153,7 @@ WHERE id = $1 AND state = 'pending' AND state IN {sources_sql(JobState.CANCELLED
 REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'"
 
 LAPSED_SQL = """
-SELECT id, lease_owner, on_interrupt FROM jobs
+SELECT id, lease_owner, on_interrupt, attempts FROM jobs
 WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
 ORDER BY id LIMIT 500
 """

@@ -169,11 +169,14 @@ class JobService:
             return await self.get(job_id)
         raise IllegalTransitionError(f"job {job_id} is already {state.value}", details={"state": state.value})
 
-    async def recover(self, *, host_prefix: str, is_dead: Callable[[str], bool]) -> dict[str, int]:
+    async def recover(
+        self, *, host_prefix: str, is_dead: Callable[[str], bool], max_resumes: int = 3
+    ) -> dict[str, int]:
         """Finds running jobs whose lease lapsed (or whose owner on this host died) and fails or re-queues them.
 
         Jobs of recipes with `on_interrupt: resume` go back to the queue and resume from their last finished
-        node; the others fail with reason `interrupted`.
+        node, at most `max_resumes` times (a job that keeps crashing its process must not loop for ever); the
+        others fail with reason `interrupted`.
         """
         rows = await self.db.fetch_all(q.LAPSED_SQL, q.now_ms(), host_prefix + "%")
         counts = {"failed": 0, "resumed": 0}
@@ -182,7 +185,7 @@ class JobService:
             if owner.startswith(host_prefix) and not is_dead(owner):
                 continue
             at = q.now_ms()
-            if row["on_interrupt"] == "resume":
+            if row["on_interrupt"] == "resume" and row["attempts"] <= max_resumes:
                 done, _ = await self.db.write(
                     q.release_op(row["id"], owner, at),
                     self.event_op([q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')]),

@@ -1,4 +1,4 @@
-"""The job state machine: one table of allowed moves. Every write of a state checks it (see `jobs.store`)."""
+"""The job state machine: one table of allowed moves. Every write of a state checks it (see `jobs.queries`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING}),  # released on shutdown, or re-queued to resume after a crash
     JobState.RUNNING: frozenset({JobState.PENDING}),  # claimed
     JobState.SUCCEEDED: frozenset({JobState.RUNNING}),
-    JobState.FAILED: frozenset({JobState.PENDING, JobState.RUNNING}),  # pending: its recipe revision vanished
+    JobState.FAILED: frozenset({JobState.RUNNING}),
     JobState.CANCELLED: frozenset({JobState.PENDING, JobState.RUNNING}),
 }
 
