@@ -289,3 +289,13 @@ def test_ports_need_a_url_input_only_without_a_configured_url() -> None:
 def test_the_block_is_documented() -> None:
     assert HttpRequestBlock.name == "http_request"
     assert HttpRequestBlock.__doc__ and HttpRequestBlock.__doc__.startswith("Sends one HTTP request")
+
+
+def test_body_template_is_bounded_like_text_templates() -> None:
+    """Regression: body_template used a plain sandbox, so `{{ 'a' * 10**8 }}` rendered 100 MB on the event loop."""
+    from conveyor.blocks.base import BlockInputError
+    from conveyor.blocks.http import _body
+
+    config = HttpRequestConfig(url="http://127.0.0.1:1/", method="POST", body_template="{{ 'a' * 10**8 }}")
+    with pytest.raises(BlockInputError):
+        _body(config, None)

@@ -1,9 +1,8 @@
-"""Tests for `conveyor.blocks.text`: the sandboxed template, replace, multi replace, splitter and JSON parsing."""
+"""Tests for `conveyor.blocks.text`: the template block, replace, multi replace, splitter and JSON parsing."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable
@@ -16,22 +15,17 @@ from pydantic import ValidationError
 
 from conveyor.blocks.base import BlockContext, BlockInputError, PortType
 from conveyor.blocks.text import (
-    MAX_TEMPLATE_CHARS,
     MAX_TEXT_CHARS,
-    LruCache,
+    REGEX_TIMEOUT_S,
     MultiTextReplace,
     TextReplace,
     TextSplitter,
     TextTemplate,
     TextToJson,
     split_spans,
-    to_text,
 )
 
 Ctx = Callable[..., BlockContext]
-DEEP: list[Any] = [list(range(20_000))]
-for _ in range(100):
-    DEEP = [DEEP, 1]
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 
 
@@ -78,107 +72,13 @@ async def test_template_renders(make_ctx: Ctx, template: str, inputs: dict[str, 
     assert await render(make_ctx, template, **inputs) == expected
 
 
-@pytest.mark.parametrize(
-    "template",
-    [
-        "{{ ''.__class__.__mro__ }}",
-        "{{ ''.__class__ }}",
-        "{{ x.__class__.__base__.__subclasses__() }}",
-        "{{ x.__init__.__globals__ }}",
-        "{{ cycler.__init__.__globals__.os }}",
-        "{{ items.append(1) }}",
-        "{{ mapping.update({'a': 1}) }}",
-    ],
-)
-async def test_template_sandbox_refuses_escapes(make_ctx: Ctx, template: str) -> None:
-    with pytest.raises(BlockInputError, match="unsafe") as caught:
-        await render(make_ctx, template, x=1, items=[], mapping={})
-    assert caught.value.retryable is False
-
-
-async def test_template_names_the_missing_variable(make_ctx: Ctx) -> None:
-    with pytest.raises(BlockInputError, match="'who' is undefined"):
-        await render(make_ctx, "Hello {{ who }}")
-
-
-@pytest.mark.parametrize(
-    ("template", "inputs"),
-    [
-        ("{{ 'a' * 10**9 }}", {}),
-        ("{{ [1] * 10**9 }}", {}),
-        ("{{ 'a'|center(10**9) }}", {}),
-        ("{{ 'a'.ljust(999999999) }}", {}),
-        ("{{ 'a\tb'.expandtabs(999999) }}", {}),
-        ("{{ '{:999999999}'.format(1) }}", {}),
-        ("{{ '{:{w}}'.format(1, w=999999999) }}", {}),
-        ("{{ '%999999999d' % 1 }}", {}),
-        ("{{ '%*d' % (999999999, 1) }}", {}),
-        ("{{ '%.9999999f'|format(1.5) }}", {}),
-        ("{% set ns = namespace(s='aaaaaaaa') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", {}),
-        ("{% set ns = namespace(s='aaaaaaaa') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", {}),
-        (
-            "{% set ns=namespace(l=['x']) %}{% for i in range(30) %}{% set ns.l=[ns.l, ns.l] %}{% endfor %}{{ ns.l }}",
-            {},
-        ),
-        ("{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}", {}),
-        ("{% set s %}{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}{% endset %}{{ s|length }}", {}),
-        ("{% macro m() %}{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}{% endmacro %}{{ m()|length }}", {}),
-        ("{{ (s ~ s ~ s)|length }}", {"s": "a" * 400_000}),
-        ("{{ ([s] * 1000)|join(',')|length }}", {"s": "a" * 4000}),
-        ("{{ ','.join([s] * 1000)|length }}", {"s": "a" * 4000}),
-        ("{{ s|replace('a', 'bbbbbbbbbb')|length }}", {"s": "a" * 400_000}),
-        ("{{ s.replace('a', 'bbbbbbbbbb')|length }}", {"s": "a" * 400_000}),
-        ("{{ ([s] * 1000)|tojson|length }}", {"s": "a" * 4000}),
-        ("{{ s|indent(100000) }}", {"s": "\n" * 100}),
-        ("{{ s|wordwrap(1, wrapstring='-' * 100) }}", {"s": "a " * 20_000}),
-        ("{{ s }}", {"s": "a" * (MAX_TEMPLATE_CHARS + 1)}),
-        ("{{ s.translate({97: 'b' * 1000}) }}", {"s": "a" * 10_000}),
-        ("{{ data|tojson(indent=100000) }}", {"data": [[[[1, 2, 3]]]] * 10}),
-        ("{{ data|pprint }}", {"data": DEEP}),
-    ],
-)
-async def test_template_refuses_oversized_values(make_ctx: Ctx, template: str, inputs: dict[str, Any]) -> None:
-    with pytest.raises(BlockInputError, match="too large"):
-        await render(make_ctx, template, **inputs)
-
-
-async def test_template_output_may_reach_the_limit(make_ctx: Ctx) -> None:
-    text = await render(make_ctx, "{{ s }}", s="a" * MAX_TEMPLATE_CHARS)
-    assert len(text) == MAX_TEMPLATE_CHARS
-
-
-@pytest.mark.parametrize(
-    "template",
-    [
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-        "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
-    ],
-)
-async def test_template_stops_at_its_deadline(make_ctx: Ctx, template: str) -> None:
+async def test_template_stops_at_its_configured_deadline(make_ctx: Ctx) -> None:
+    template = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     config = TextTemplate.Config(template=template, timeout_s=0.2)
     started = time.monotonic()
     with pytest.raises(BlockInputError, match=r"took longer than 0\.2 s"):
         await TextTemplate().run(make_ctx(), config, {})
     assert time.monotonic() - started < 5
-
-
-@pytest.mark.parametrize(
-    ("template", "message"),
-    [
-        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursed too deeply"),
-        ("{% for x in %}", "does not compile: .* \\(line 1\\)"),
-        ("{{ x|nosuchfilter }}", "does not compile: No filter named 'nosuchfilter'"),
-        ("{{ 1 / 0 }}", "ZeroDivisionError"),
-        ("{% include 'other' %}", "template failed"),
-        ("{{ lipsum(5) }}", "'lipsum' is undefined"),
-        ("{{ range(10**9) }}", "Range too big"),
-        ("{{ 10 ** 100000 }}", "number is too large"),
-        ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nests too deeply"),
-    ],
-)
-async def test_template_failures_are_input_errors(make_ctx: Ctx, template: str, message: str) -> None:
-    with pytest.raises(BlockInputError, match=message):
-        await render(make_ctx, template, x=1)
 
 
 def test_template_ports_are_wired_inputs_and_template_variables() -> None:
@@ -203,24 +103,14 @@ async def test_template_is_compiled_once(make_ctx: Ctx) -> None:
     assert block.compile("{{ a }}") is first
 
 
-def test_lru_cache_is_bounded_and_keeps_recent_entries() -> None:
-    cache: LruCache[str, int] = LruCache(maxsize=2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1
-    cache.put("c", 3)
-    assert len(cache) == 2
-    assert cache.get("b") is None
-    assert (cache.get("a"), cache.get("c")) == (1, 3)
-
-
 @pytest.mark.parametrize(
     "config",
     [
         {"template": "x", "unknown": 1},
         {"template": "x" * 200_001},
         {"template": "x", "timeout_s": 0},
-        {"template": "x", "timeout_s": 61},
+        {"template": "x", "timeout_s": 5.01},
+        {"template": "x", "timeout_s": 60},
     ],
 )
 def test_template_config_refuses_bad_values(config: dict[str, Any]) -> None:
@@ -232,12 +122,6 @@ def test_template_config_refuses_bad_values(config: dict[str, Any]) -> None:
 @given(value=st.text(max_size=200))
 async def test_template_renders_a_variable_unchanged(make_ctx: Ctx, value: str) -> None:
     assert await render(make_ctx, "{{ v }}", v=value) == value
-
-
-@given(value=st.recursive(st.none() | st.booleans() | st.integers() | st.text(), lambda inner: st.lists(inner)))
-def test_to_text_of_lists_is_json(value: Any) -> None:
-    text = to_text([value])
-    assert json.loads(text) == [value]
 
 
 # --- text_replace -----------------------------------------------------------------------------------------------
@@ -255,6 +139,10 @@ def test_to_text_of_lists_is_json(value: Any) -> None:
         ({"find": "hello", "replace": r"\1", "ignore_case": True}, "HeLLo you", r"\1 you"),
         ({"find": "x", "replace": "", "regex": False}, "xax", "a"),
         ({"find": "^", "replace": "> ", "regex": True}, "quote", "> quote"),
+        ({"find": r"\p{Lu}", "replace": "_", "regex": True}, "aBcD", "a_c_"),
+        ({"find": "(a)", "replace": r"\100\1", "regex": True}, "xa", "x@a"),
+        ({"find": "(?P<x>a)|(?P<x>b)", "replace": r"[\g<x>]", "regex": True}, "ab", "[a][b]"),
+        ({"find": "a+b", "replace": r"\1", "ignore_case": True}, "xA+B", r"x\1"),
     ],
 )
 async def test_text_replace(make_ctx: Ctx, config: dict[str, Any], text: str, expected: str) -> None:
@@ -302,6 +190,23 @@ async def test_text_replace_refuses_oversized_results(make_ctx: Ctx, config: dic
         await TextReplace().run(make_ctx(), TextReplace.Config(**config), {"text": "a" * 200_000})
 
 
+async def test_text_replace_stops_a_catastrophic_pattern(make_ctx: Ctx) -> None:
+    # Regression: on Python's `re` this backtracks for minutes, holding up the event loop and every request on it.
+    config = TextReplace.Config(find="(a|aa)+$", replace="x", regex=True)
+    started = time.monotonic()
+    with pytest.raises(BlockInputError, match=r"the regular expression took longer than 1 s") as caught:
+        await TextReplace().run(make_ctx(), config, {"text": "a" * 40 + "b"})
+    assert caught.value.retryable is False
+    assert time.monotonic() - started < REGEX_TIMEOUT_S * 5
+
+
+async def test_text_replace_bounds_matching_across_matches(make_ctx: Ctx) -> None:
+    # Each match alone is quick enough; together they are not, and the bound covers the whole pass.
+    config = TextReplace.Config(find="(a|aa)+d|c", replace="x", regex=True)
+    with pytest.raises(BlockInputError, match="took longer than"):
+        await TextReplace().run(make_ctx(), config, {"text": ("a" * 28 + "c") * 40})
+
+
 async def test_text_replace_needs_text(make_ctx: Ctx) -> None:
     with pytest.raises(BlockInputError, match="needs input 'text'"):
         await TextReplace().run(make_ctx(), TextReplace.Config(find="a"), {})
@@ -315,6 +220,9 @@ async def test_text_replace_needs_text(make_ctx: Ctx) -> None:
         {"find": ""},
         {"find": "(", "regex": True},
         {"find": "(a)", "replace": r"\2", "regex": True},
+        {"find": "(a)", "replace": r"\g<x>", "regex": True},
+        {"find": "(a)", "replace": "\\", "regex": True},
+        {"find": "(a)", "replace": r"\q", "regex": True},
         {"find": "a", "count": -1},
         {"find": "a", "flags": "g"},
         {},

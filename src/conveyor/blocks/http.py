@@ -8,15 +8,17 @@ from email.message import Message
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateError
 from pydantic import Field, field_validator
 
 from conveyor.blocks.base import BlockConfig, BlockContext, BlockError, BlockInputError, Port, Ports, PortType
+from conveyor.blocks.sandbox import TemplateSandbox
 from conveyor.errors import OutboundBlockedError, OutboundFailedError
 
-# Sandboxed: a recipe author's template must not reach Python attributes; `range` is bounded there too.
-_TEMPLATES = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# The text blocks' sandbox: a recipe author's template cannot reach Python attributes, run past its deadline
+# or grow past the size limit (blocks share the event loop).
+_TEMPLATES = TemplateSandbox()
+BODY_TEMPLATE_TIMEOUT_S = 2.0
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _EXCERPT_CHARS = 200
 
@@ -128,9 +130,10 @@ def _url(config: HttpRequestConfig, inputs: Mapping[str, Any]) -> str:
 def _body(config: HttpRequestConfig, body: Any) -> tuple[bytes | None, str]:
     """The request body and the content type it would have unless the configuration names one."""
     if config.body_template is not None:
+        compiled = _TEMPLATES.prepare(config.body_template)
         try:
-            rendered = _TEMPLATES.from_string(config.body_template).render(body=body)
-        except TemplateError as exc:
+            rendered = _TEMPLATES.render(compiled, {"body": body}, BODY_TEMPLATE_TIMEOUT_S)
+        except BlockInputError as exc:
             raise BlockInputError(f"body_template failed: {exc}") from None
         return rendered.encode(), "application/json" if _is_json_document(rendered) else "text/plain; charset=utf-8"
     if body is None:

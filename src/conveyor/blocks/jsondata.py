@@ -13,7 +13,8 @@ from jsonata import JException
 from pydantic import Field, field_validator
 
 from conveyor.blocks.base import BlockConfig, BlockContext, BlockInputError, Port, PortType
-from conveyor.blocks.text import MAX_TEXT_CHARS, LruCache, rendered_size
+from conveyor.blocks.sandbox import LruCache, rendered_size
+from conveyor.blocks.text import MAX_TEXT_CHARS
 
 MAX_JSONATA_ITEMS = 1_000_000
 """Largest array a JSONata range may make, and most values a JSONata result may hold."""
@@ -88,20 +89,21 @@ def _plain_json(value: Any, budget: list[int]) -> Any:
 class Jsonata:
     """Evaluates a JSONata expression (https://jsonata.org) against the input JSON.
 
-    Config: `expression` (compiled once and cached), `timeout_ms` (default 1000), `max_depth` (deepest
-    evaluation nesting, default 200). Input: `json` (any JSON value; absent means no input). Output: `result`
-    (null when the expression matches nothing).
+    Config: `expression` (compiled once and cached), `timeout_ms` (at most 5000, default 1000), `max_depth`
+    (deepest evaluation nesting, default 200). Input: `json` (any JSON value; absent means no input). Output:
+    `result` (null when the expression matches nothing).
 
     Evaluation runs in the node's own process and stops with an error past `timeout_ms` or `max_depth`, checked
-    at every step of the expression. Ranges and arrays are limited to 1,000,000 items, strings to 10,000,000
-    characters, and the result to 1,000,000 values.
+    at every step of the expression. Blocks run on the server's event loop, which no other job or request can
+    use while an expression evaluates, so `timeout_ms` stays short. Ranges and arrays are limited to 1,000,000
+    items, strings to 10,000,000 characters, and the result to 1,000,000 values.
     """
 
     name: ClassVar[str] = "jsonata"
 
     class Config(BlockConfig):
         expression: str = Field(min_length=1, max_length=100_000, description="JSONata expression.")
-        timeout_ms: int = Field(default=1000, ge=1, le=10_000, description="Longest time one evaluation may take.")
+        timeout_ms: int = Field(default=1000, ge=1, le=5000, description="Longest time one evaluation may take.")
         max_depth: int = Field(default=200, ge=1, le=1000, description="Deepest nesting of evaluation steps.")
 
     def __init__(self) -> None:
