@@ -2,105 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.receiver import Receiver, Reply
 
 from conveyor.errors import OutboundBlockedError, OutboundFailedError
 from conveyor.net import GuardedClient, is_address_allowed, parse_cidrs, refusal_reason, resolve_checked
 from conveyor.settings import NetSettings
-
-
-@dataclass
-class Seen:
-    """One request a receiver got."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Reply:
-    """What a receiver answers on one path; `length=False` sends the body until the connection closes."""
-
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b"ok"
-    stall_s: float = 0.0
-    length: bool = True
-
-
-class Receiver:
-    """A small HTTP/1.1 server on a loopback address that records every request it receives."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.port = 0
-        self.seen: list[Seen] = []
-        self.routes: dict[str, Reply] = {}
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            method, path, _ = head[0].split(" ", 2)
-            headers = {}
-            for line in head[1:]:
-                if line:
-                    name, value = line.split(":", 1)
-                    headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.seen.append(Seen(method, path, headers, body))
-            reply = self.routes.get(path, Reply())
-            if reply.stall_s:
-                await asyncio.sleep(reply.stall_s)
-            fields = {"Connection": "close"}
-            if reply.length:
-                fields["Content-Length"] = str(len(reply.body))
-            fields.update(reply.headers)
-            lines = [f"HTTP/1.1 {reply.status} Whatever", *(f"{k}: {v}" for k, v in fields.items())]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-
 
 MakeReceiver = Callable[..., Awaitable[Receiver]]
 MakeClient = Callable[..., GuardedClient]

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor.blocks.base import BlockContext, BlockInputError, PortType, UsageMeter
 from conveyor.blocks.documents import WriteDocument
-from conveyor.net import GuardedClient
 from conveyor.settings import LimitsSettings
-from conveyor.store.blobs import LocalBlobStore
-from conveyor.store.db import SqliteDatabase
 from conveyor.store.files import FileService
-from conveyor.store.migrate import upgrade
-
-
-@pytest.fixture
-async def file_service(tmp_path: Path) -> AsyncIterator[FileService]:
-    path = tmp_path / "c.db"
-    upgrade(f"sqlite:///{path}")
-    db = SqliteDatabase(path)
-    await db.connect()
-    async with GuardedClient() as http:
-        yield FileService(db, LocalBlobStore(tmp_path / "files"), http, LimitsSettings(), user_id="u1", job_id="j1")
-    await db.close()
 
 
 async def write(files: FileService, text: Any, **config: Any) -> dict[str, Any]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 import pytest
+from tests.receiver import Receiver, Reply
 
 from conveyor.blocks.base import BlockContext, BlockError, BlockInputError, PortType, UsageMeter
 from conveyor.blocks.http import HttpRequestBlock, HttpRequestConfig
@@ -19,75 +17,6 @@ from conveyor.net import GuardedClient
 from conveyor.settings import LimitsSettings, NetSettings
 
 BLOCK = HttpRequestBlock()
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    content_type: str = "text/plain"
-    body: bytes = b"ok"
-    stall_s: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """A small HTTP/1.1 server on 127.0.0.1 that answers per path and records every request."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.routes: dict[str, Reply] = {}
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            method, path, _ = head[0].split(" ", 2)
-            pairs = [line.partition(":") for line in head[1:] if line]
-            headers = {name.strip().lower(): value.strip() for name, _, value in pairs}
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.seen.append(Seen(method, path, headers, body))
-            reply = self.routes.get(path, Reply())
-            await asyncio.sleep(reply.stall_s)
-            fields = {"Content-Type": reply.content_type, "Content-Length": str(len(reply.body)), "Connection": "close"}
-            fields.update(reply.headers)
-            lines = [f"HTTP/1.1 {reply.status} Whatever", *(f"{k}: {v}" for k, v in fields.items())]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
 
 
 @pytest.fixture
@@ -121,7 +50,9 @@ async def run(http: GuardedClient, inputs: dict[str, Any] | None = None, **confi
 
 
 async def test_get_outputs_status_text_json_and_headers(server: Receiver, http: GuardedClient) -> None:
-    server.routes["/data"] = Reply(200, "application/json; charset=utf-8", b'{"a": [1, 2], "b": "\xc3\xa9"}')
+    server.routes["/data"] = Reply(
+        200, content_type="application/json; charset=utf-8", body=b'{"a": [1, 2], "b": "\xc3\xa9"}'
+    )
     out = await run(http, url=server.url("/data"))
     assert out["status"] == 200
     assert out["json"] == {"a": [1, 2], "b": "é"}
@@ -131,17 +62,17 @@ async def test_get_outputs_status_text_json_and_headers(server: Receiver, http: 
 
 
 async def test_json_is_null_unless_the_answer_is_json(server: Receiver, http: GuardedClient) -> None:
-    server.routes["/plain"] = Reply(200, "text/plain", b'{"a": 1}')
-    server.routes["/broken"] = Reply(200, "application/json", b"{not json")
-    server.routes["/problem"] = Reply(200, "application/problem+json", b'{"title": "x"}')
+    server.routes["/plain"] = Reply(200, content_type="text/plain", body=b'{"a": 1}')
+    server.routes["/broken"] = Reply(200, content_type="application/json", body=b"{not json")
+    server.routes["/problem"] = Reply(200, content_type="application/problem+json", body=b'{"title": "x"}')
     assert (await run(http, url=server.url("/plain")))["json"] is None
     assert (await run(http, url=server.url("/broken")))["json"] is None
     assert (await run(http, url=server.url("/problem")))["json"] == {"title": "x"}
 
 
 async def test_text_is_decoded_with_the_declared_charset(server: Receiver, http: GuardedClient) -> None:
-    server.routes["/latin"] = Reply(200, "text/plain; charset=iso-8859-1", "café".encode("latin-1"))
-    server.routes["/odd"] = Reply(200, "text/plain; charset=no-such-charset", "café".encode())
+    server.routes["/latin"] = Reply(200, content_type="text/plain; charset=iso-8859-1", body="café".encode("latin-1"))
+    server.routes["/odd"] = Reply(200, content_type="text/plain; charset=no-such-charset", body="café".encode())
     assert (await run(http, url=server.url("/latin")))["text"] == "café"
     assert (await run(http, url=server.url("/odd")))["text"] == "café"
 
@@ -220,7 +151,7 @@ async def test_a_status_outside_2xx_fails_by_default(
 
 
 async def test_fail_on_error_false_outputs_the_status(server: Receiver, http: GuardedClient) -> None:
-    server.routes["/x"] = Reply(404, "application/json", b'{"error": "nope"}')
+    server.routes["/x"] = Reply(404, content_type="application/json", body=b'{"error": "nope"}')
     out = await run(http, url=server.url("/x"), fail_on_error=False)
     assert (out["status"], out["json"]) == (404, {"error": "nope"})
 

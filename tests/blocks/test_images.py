@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +12,10 @@ from PIL import Image
 
 from conveyor.blocks.base import BlockContext, BlockInputError, FileRef, PortType, UsageMeter
 from conveyor.blocks.images import ImageInfo, PrepareImage
-from conveyor.net import GuardedClient
 from conveyor.settings import LimitsSettings
-from conveyor.store.blobs import LocalBlobStore
-from conveyor.store.db import SqliteDatabase
 from conveyor.store.files import FileService
-from conveyor.store.migrate import upgrade
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-@pytest.fixture
-async def file_service(tmp_path: Path) -> AsyncIterator[FileService]:
-    path = tmp_path / "c.db"
-    upgrade(f"sqlite:///{path}")
-    db = SqliteDatabase(path)
-    await db.connect()
-    async with GuardedClient() as http:
-        yield FileService(db, LocalBlobStore(tmp_path / "files"), http, LimitsSettings(), user_id="u1", job_id="j1")
-    await db.close()
 
 
 def context(files: FileService, limits: LimitsSettings | None = None) -> BlockContext:
