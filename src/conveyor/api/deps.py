@@ -13,7 +13,8 @@ from conveyor.errors import BadRequestError
 from conveyor.runtime import Runtime
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    """The process's runtime. Async on purpose: FastAPI runs a plain `def` dependency in a thread per request."""
     rt: Runtime = request.app.state.runtime
     return rt
 

@@ -85,11 +85,15 @@ def insert_job_ops(
 
 def claim_sql(dialect: str) -> str:
     lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    # SQLite's planner prefers the (state, created_at) index and then sorts every pending job per claim.
+    # and, for the outer WHERE, walks every pending job through that index: `+state` keeps it on the primary key.
+    source = "jobs" if dialect == "postgresql" else "jobs INDEXED BY ix_jobs_pending"
+    state = "state" if dialect == "postgresql" else "+state"
     return f"""
 UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT),
        started_at = COALESCE(started_at, $2), attempts = attempts + 1, updated_at = $2
-WHERE state IN {sources_sql(JobState.RUNNING)} AND id IN (
-    SELECT id FROM jobs WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
+WHERE {state} IN {sources_sql(JobState.RUNNING)} AND id IN (
+    SELECT id FROM {source} WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
 RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested
 """
 

@@ -77,8 +77,9 @@ Index("ix_jobs_state_created", jobs.c.state, jobs.c.created_at)
 Index("ix_jobs_recipe_created", jobs.c.recipe_id, jobs.c.created_at)
 Index(
     "ix_jobs_pending",
-    jobs.c.priority,
+    jobs.c.priority.desc(),  # the claim's exact order (priority DESC, created_at, id): no sort per claim
     jobs.c.created_at,
+    jobs.c.id,
     sqlite_where=text("state = 'pending'"),
     postgresql_where=text("state = 'pending'"),
 )

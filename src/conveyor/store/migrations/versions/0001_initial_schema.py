@@ -106,7 +106,7 @@ def upgrade() -> None:
         )
         batch_op.create_index(
             "ix_jobs_pending",
-            ["priority", "created_at"],
+            [sa.text("priority DESC"), "created_at", "id"],  # the claim's exact order: no sort per claim
             unique=False,
             sqlite_where=sa.text("state = 'pending'"),
             postgresql_where=sa.text("state = 'pending'"),
