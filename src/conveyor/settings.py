@@ -39,7 +39,12 @@ class FilesSettings(BaseModel):
 class ExecutorSettings(BaseModel):
     """How jobs are run."""
 
-    concurrency: int = Field(default=16, ge=1, le=10_000, description="Jobs run at once by one process.")
+    concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Jobs run at once by one process (jobs mostly wait on I/O, so this is well above the core count).",
+    )
     lease_s: float = Field(
         default=30.0,
         gt=0,

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.errors import ConveyorError, QueueFullError
@@ -57,6 +58,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", f"request is invalid: {summary}", details)
 
 
+async def _model_error(request: Request, exc: Exception) -> JSONResponse:
+    """A body validated by pydantic inside a route (the lean submit) answers like FastAPI's own validation."""
+    assert isinstance(exc, PydanticValidationError)
+    return await _validation_error(request, RequestValidationError(_with_body_loc(exc.errors(include_url=False))))
+
+
+def _with_body_loc(errors: list[Any]) -> list[Any]:
+    return [{**err, "loc": ("body", *err.get("loc", ()))} for err in errors]
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return error_response(
@@ -72,5 +83,6 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ConveyorError, _conveyor_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(PydanticValidationError, _model_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -37,6 +37,14 @@ SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11
 WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'pending') < $12
 ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 """
+# The same without the queue bound: used while the queue is known to be far from full (see JobService.submit).
+INSERT_JOB_UNBOUNDED = """
+INSERT INTO jobs (id, recipe_id, revision, user_id, state, priority, inputs, idempotency_scope, idempotency_key,
+                  timeout_s, on_interrupt, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11)
+ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
+"""
+COUNT_PENDING = "SELECT COUNT(*) FROM jobs WHERE state = 'pending'"
 INSERT_STATE_EVENT_IF_JOB = """
 INSERT INTO job_events (job_id, kind, node, data, at)
 SELECT CAST($1 AS VARCHAR(36)), 'state', NULL, CAST($2 AS TEXT), CAST($3 AS BIGINT)
@@ -58,27 +66,16 @@ def insert_job_ops(
     timeout_s: int,
     on_interrupt: str,
     created_at: int,
-    max_pending: int,
+    max_pending: int | None,
 ) -> list[Op]:
-    """The submit: the job row (unless the queue is full or the key was used) and its `pending` event."""
+    """The submit: the job row (unless the queue is full or the key was used) and its `pending` event.
+
+    With `max_pending` the insert itself counts the queue; None skips that count.
+    """
+    args: tuple[Any, ...] = (job_id, recipe_id, revision, user_id, priority, inputs, idempotency_scope)
+    args += (idempotency_key, timeout_s, on_interrupt, created_at)
     return [
-        Op(
-            INSERT_JOB,
-            (
-                job_id,
-                recipe_id,
-                revision,
-                user_id,
-                priority,
-                inputs,
-                idempotency_scope,
-                idempotency_key,
-                timeout_s,
-                on_interrupt,
-                created_at,
-                max_pending,
-            ),
-        ),
+        Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(INSERT_JOB, (*args, max_pending)),
         Op(INSERT_STATE_EVENT_IF_JOB, (job_id, '{"state":"pending"}', created_at)),
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from conveyor.jobs import queries as q
 from conveyor.jobs.states import TERMINAL, JobState
 from conveyor.jobs.values import dumps, encode, rehydrate
 from conveyor.store.db import Database, Op, Row
+
+PENDING_RECOUNT_S = 0.5
+PENDING_SAFE_FRACTION = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,23 @@ class JobService:
         self.max_pending = max_pending
         self.inline_max = inline_max
         self._claim_sql = q.claim_sql(db.dialect)
+        self._pending_seen = 0
+        self._counted_at = float("-inf")
+        self._submitted_since_count = 0
+
+    async def _queue_far_from_full(self) -> bool:
+        """Whether the queue is surely under its bound, judged from a count at most `PENDING_RECOUNT_S` old.
+
+        Counting the pending jobs walks all of them, too slow for every submit when thousands wait. So the
+        count is refreshed twice a second, and only near the bound does each insert count for itself (exactly,
+        in the same statement). The margin covers what other processes submitted since the last count.
+        """
+        now = time.monotonic()
+        if now - self._counted_at > PENDING_RECOUNT_S:
+            self._pending_seen = int(await self.db.fetch_val(q.COUNT_PENDING))
+            self._counted_at = now
+            self._submitted_since_count = 0
+        return self._pending_seen + self._submitted_since_count < self.max_pending * PENDING_SAFE_FRACTION
 
     async def submit(
         self,
@@ -58,6 +79,8 @@ class JobService:
         at = q.now_ms()
         scope = user_id or ""
         encoded = (await encode(inputs, self.files, self.inline_max)).decode()
+        bounded = not await self._queue_far_from_full()
+        self._submitted_since_count += 1
         inserted, _ = await self.db.write(
             *q.insert_job_ops(
                 job_id=job_id,
@@ -71,7 +94,7 @@ class JobService:
                 timeout_s=max(1, round(timeout_s)),
                 on_interrupt=on_interrupt,
                 created_at=at,
-                max_pending=self.max_pending,
+                max_pending=self.max_pending if bounded else None,
             )
         )
         if inserted:

@@ -16,8 +16,10 @@ SQL texts are written once with `$1, $2, …` placeholders (asyncpg's style); SQ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +144,7 @@ class SqliteDatabase(Database):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     async def connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,11 +156,19 @@ class SqliteDatabase(Database):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # The commit that crosses the WAL's size threshold would run the checkpoint on the event loop (8 ms
+        # p99 commits measured under load); a thread with its own connection does it instead.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._conn = conn
+        self._checkpointer = _Checkpointer(self.path, self.busy_timeout_ms)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._pending:
             self._start_flush()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -221,6 +232,36 @@ class SqliteDatabase(Database):
                 conn.execute("ROLLBACK")
             results = [exc] * len(groups)
         _settle(groups, results)
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints the WAL into the database file off the event loop, on its own connection."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
+        super().__init__(name="sqlite-checkpoint", daemon=True)
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            while not self._halt.wait(self.INTERVAL_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks writers
+                except sqlite3.Error:
+                    continue  # busy or locked: the next round catches up
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
