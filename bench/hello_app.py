@@ -17,7 +17,8 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-app = FastAPI()
+# The same FastAPI options as Conveyor's app (native telemetry off, as `CONVEYOR_TELEMETRY` defaults).
+app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
 
 
 class Submission(BaseModel):

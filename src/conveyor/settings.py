@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(default=False, description="HTTP access log (off: it halves throughput).")
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     seed_demo: bool = Field(default=True, description="Seed the demo recipes on first start.")
+    telemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry traces, metrics and logs (with the global providers you set up); "
+        "off by default, since even unconfigured it costs CPU on every request.",
+    )
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)

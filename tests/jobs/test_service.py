@@ -146,3 +146,19 @@ async def test_a_job_that_keeps_crashing_is_resumed_at_most_max_resumes_times(jo
         outcomes.append(await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True, max_resumes=2))
     assert outcomes == [{"failed": 0, "resumed": 1}, {"failed": 0, "resumed": 1}, {"failed": 1, "resumed": 0}]
     assert (await jobs.get(job["id"]))["state"] == "failed"
+
+
+def test_job_ids_are_version_7_uuids_in_time_order() -> None:
+    import time
+    import uuid
+
+    from conveyor.jobs.service import uuid7
+
+    ids = []
+    for _ in range(5):
+        ids.append(uuid7())
+        time.sleep(0.002)
+    parsed = [uuid.UUID(value) for value in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert abs((parsed[-1].int >> 80) - time.time() * 1000) < 5000

@@ -44,6 +44,7 @@ INSERT INTO jobs (id, recipe_id, revision, user_id, state, priority, inputs, ide
 VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11)
 ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 """
+PENDING_EVENT = '{"state":"pending"}'
 COUNT_PENDING = "SELECT COUNT(*) FROM jobs WHERE state = 'pending'"
 INSERT_STATE_EVENT_IF_JOB = """
 INSERT INTO job_events (job_id, kind, node, data, at)
@@ -76,7 +77,10 @@ def insert_job_ops(
     args += (idempotency_key, timeout_s, on_interrupt, created_at)
     return [
         Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(INSERT_JOB, (*args, max_pending)),
-        Op(INSERT_STATE_EVENT_IF_JOB, (job_id, '{"state":"pending"}', created_at)),
+        # Without a key or a bound the job row is surely inserted, so its event needs no check.
+        Op(INSERT_EVENT, (job_id, "state", None, PENDING_EVENT, created_at))
+        if max_pending is None and idempotency_key is None
+        else Op(INSERT_STATE_EVENT_IF_JOB, (job_id, PENDING_EVENT, created_at)),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ class JobService:
         priority: int = 0,
     ) -> tuple[Row, bool]:
         """Queues a job; returns (job, created). A repeated idempotency key returns the first job."""
-        job_id = str(uuid.uuid4())
+        job_id = uuid7()
         at = q.now_ms()
         scope = user_id or ""
         encoded = (await encode(inputs, self.files, self.inline_max)).decode()
@@ -262,6 +263,21 @@ class JobService:
         rows = await q.read_jobs(self.db, limit=limit, state=state, recipe_id=recipe_id, user_id=user_id, after=after)
         total = await q.count_jobs(self.db, state=state, recipe_id=recipe_id, user_id=user_id)
         return rows, total
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562 version 7): 48 bits of milliseconds, then 74 random bits.
+
+    Job ids go into several indexes (the primary key, the events' job index); ids that grow with time land on
+    the right-most pages instead of random ones, so a busy store keeps its working set small. (Python 3.11 has
+    no `uuid.uuid7`; 3.14 adds one.)
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (
+        (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    )
+    return str(uuid.UUID(int=value))
 
 
 def is_terminal(state: str) -> bool:

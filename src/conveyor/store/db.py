@@ -202,36 +202,34 @@ class SqliteDatabase(Database):
         return cursor.fetchall() if op.returning else cursor.rowcount
 
     def _flush(self, groups: list[_Group]) -> None:
+        try:
+            results: list[list[Any] | BaseException] = list(self._transaction(groups))
+        except Exception:
+            # Some caller's statement failed: run each caller alone, so only that caller gets the error.
+            results = []
+            for group in groups:
+                try:
+                    results.extend(self._transaction([group]))
+                except Exception as exc:
+                    results.append(exc)
+        _settle(groups, results)
+
+    def _transaction(self, groups: list[_Group]) -> list[list[Any]]:
+        """Runs every group's statements in one transaction, all or nothing.
+
+        No savepoint per caller: they cost two statements each, and a failure is rare enough to pay for a
+        second pass instead (see `_flush`).
+        """
         conn = self.conn
-        results: list[list[Any] | BaseException] = []
-        savepoints = len(groups) > 1
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            _settle(groups, [exc] * len(groups))
-            return
-        for group in groups:
-            if savepoints:
-                conn.execute("SAVEPOINT g")
-            try:
-                results.append([self._run_op(op) for op in group.ops])
-            except Exception as exc:
-                results.append(exc)
-                if savepoints:
-                    conn.execute("ROLLBACK TO g")
-            if savepoints:
-                conn.execute("RELEASE g")
-        if not savepoints and isinstance(results[0], BaseException):
-            conn.execute("ROLLBACK")
-            _settle(groups, results)
-            return
-        try:
+            results = [[self._run_op(op) for op in group.ops] for group in groups]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [exc] * len(groups)
-        _settle(groups, results)
+            raise
+        return results
 
 
 class _Checkpointer(threading.Thread):
@@ -326,18 +324,27 @@ class PostgresDatabase(Database):
         return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
 
     async def _flush_async(self, groups: list[_Group]) -> None:
+        # As on SQLite: one transaction for all callers, and only when a statement fails, one per caller
+        # (a savepoint per caller would cost two more round trips each).
         results: list[list[Any] | BaseException] = []
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                for group in groups:
-                    try:
-                        async with conn.transaction():  # a savepoint per caller
-                            results.append([await self._run_op(conn, op) for op in group.ops])
-                    except Exception as exc:
-                        results.append(exc)
-        except Exception as exc:
+            async with self._pool.acquire() as conn:
+                try:
+                    results = list(await self._transaction(conn, groups))
+                except Exception:
+                    results = []
+                    for group in groups:
+                        try:
+                            results.extend(await self._transaction(conn, [group]))
+                        except Exception as exc:
+                            results.append(exc)
+        except Exception as exc:  # no connection
             results = [exc] * len(groups)
         _settle(groups, results)
+
+    async def _transaction(self, conn: Any, groups: list[_Group]) -> list[list[Any]]:
+        async with conn.transaction():
+            return [[await self._run_op(conn, op) for op in group.ops] for group in groups]
 
 
 def asyncpg_url(url: str) -> str:
