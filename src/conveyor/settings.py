@@ -61,7 +61,11 @@ class LimitsSettings(BaseModel):
     """Bounds on everything a client can send or make the server do."""
 
     max_pending_jobs: int = Field(default=10_000, ge=1, description="Queued jobs beyond this answer 429.")
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest JSON request body.")
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body (room for a 20 MB image sent as base64, as Omnitool clients do).",
+    )
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest uploaded or fetched file.")
     max_image_pixels: int = Field(default=50_000_000, ge=1, description="Largest image (width x height) accepted.")
     max_recipe_nodes: int = Field(default=1000, ge=1, description="Most nodes one recipe may have.")
