@@ -72,6 +72,11 @@ class LimitsSettings(BaseModel):
     job_timeout_s: float = Field(default=600.0, gt=0, description="Default per-job timeout.")
     block_timeout_s: float = Field(default=300.0, gt=0, description="Default per-block timeout.")
     max_recipe_depth: int = Field(default=5, ge=1, le=50, description="How deep `run_recipe` may nest.")
+    max_node_runs: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most node runs (tries included) one job may make, its sub-recipes' nodes counted too.",
+    )
 
 
 class NetSettings(BaseModel):

@@ -250,3 +250,25 @@ async def test_unexpected_exception_fails_the_job_naming_the_node(caplog: pytest
     with pytest.raises(NodeFailedError) as caught:
         await make_engine().run(graph, {"text": "{not json"}, job_id="bad-json")
     assert caught.value.node == "parse"
+
+
+async def test_a_recipe_that_runs_itself_many_times_is_stopped_by_the_node_budget() -> None:
+    """Regression: depth alone allowed 10 runs of itself per level, 10^5 sub-runs that froze the server."""
+    registry = BlockRegistry([*builtin_blocks(), Flaky()])
+    nodes: dict[str, Any] = {"start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text"}}}}}
+    for i in range(10):
+        nodes[f"r{i}"] = {"block": "run_recipe", "config": {"recipe": "fan"}, "inputs": {"text": "start.text"}}
+    nodes["out"] = {"block": "recipe_output", "inputs": {f"o{i}": f"r{i}.text" for i in range(10)}}
+    fan = compile_recipe({"name": "fan", "nodes": nodes}, registry)
+
+    async def load(ref: str) -> Any:
+        return fan
+
+    limits = LimitsSettings(max_node_runs=300, max_recipe_depth=5)
+    engine = Engine(files=None, http=None, limits=limits, load_graph=load)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NodeFailedError) as caught:
+        await engine.run(fan, {"text": "x"}, job_id="fan", timeout_s=30)
+    assert loop.time() - started < 10
+    assert "MAX_NODE_RUNS" in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,8 +61,14 @@ async def test_submit_claim_finish(jobs: JobService) -> None:
 async def test_a_finish_by_someone_who_lost_the_lease_changes_nothing(jobs: JobService) -> None:
     job = await submit(jobs)
     await jobs.claim(OWNER, 1, 30_000)
-    assert not await jobs.finish(job["id"], "thief:9:x", JobState.SUCCEEDED, outputs={}, error=None, usage=None)
+    node_event = (job["id"], "finished", "n1", '{"outputs":{}}', 1)
+    ours = await jobs.finish(
+        job["id"], "thief:9:x", JobState.SUCCEEDED, outputs={}, error=None, usage=None, events=[node_event]
+    )
+    assert not ours
     assert (await jobs.get(job["id"]))["state"] == "running"
+    # a refused finish leaves no event behind: streams stop at the first terminal one, resumes read `finished`
+    assert [e["kind"] for e in await jobs.events(job["id"])] == ["state"]
 
 
 async def test_idempotency_key_returns_the_first_job(jobs: JobService) -> None:
@@ -92,8 +99,10 @@ async def test_cancel_pending_and_running_and_finished(jobs: JobService) -> None
     await jobs.claim(OWNER, 1, 30_000)
     row = await jobs.cancel(running["id"])
     assert row["state"] == "running" and row["cancel_requested"] == 1
-    renewed = await jobs.renew(OWNER, 30_000)
-    assert [(r["id"], r["cancel_requested"]) for r in renewed] == [(running["id"], 1)]
+    held = await jobs.renew(OWNER, [running["id"]], 30_000)
+    assert held == {running["id"]: True}
+    events = [orjson.loads(e["data"]) for e in await jobs.events(pending["id"])]
+    assert [e["state"] for e in events] == ["pending", "cancelled"]  # the stream of a cancelled job ends
     with pytest.raises(IllegalTransitionError):
         await jobs.cancel(pending["id"])
 
@@ -125,7 +134,7 @@ async def test_large_inputs_are_spilled_to_files(jobs: JobService, db: Database)
     raw = await db.fetch_val("SELECT inputs FROM jobs WHERE id = $1", job["id"])
     assert len(raw) < 500 and "$spilled" in raw
     claimed = await jobs.claim(OWNER, 1, 30_000)
-    assert claimed[0].inputs == {"text": big, "small": 1}
+    assert await jobs.read_inputs(claimed[0]) == {"text": big, "small": 1}
 
 
 def test_state_table_is_closed_and_terminal_states_are_final() -> None:
@@ -162,3 +171,37 @@ def test_job_ids_are_version_7_uuids_in_time_order() -> None:
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
     assert ids == sorted(ids) and len(set(ids)) == 5
     assert abs((parsed[-1].int >> 80) - time.time() * 1000) < 5000
+
+
+async def test_a_lapsed_lease_is_recovered_even_if_its_owner_looks_alive(jobs: JobService) -> None:
+    """A live runner renews what it runs; a lapsed lease of a 'live' pid is a reused pid or a lost job."""
+    job = await submit(jobs)
+    await jobs.claim("testhost:1:old", 1, -1)
+    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: False)
+    assert counts == {"failed": 1, "resumed": 0}
+    assert (await jobs.get(job["id"]))["state"] == "failed"
+
+
+async def test_renew_extends_only_the_jobs_still_run_and_reports_lost_ones(jobs: JobService, db: Database) -> None:
+    kept, dropped = await submit(jobs), await submit(jobs)
+    await jobs.claim(OWNER, 2, 1_000)
+    held = await jobs.renew(OWNER, [kept["id"]], 60_000)
+    assert set(held) == {kept["id"], dropped["id"]}
+    leases = {
+        row["id"]: row["lease_expires_at"]
+        for row in await db.fetch_all("SELECT id, lease_expires_at FROM jobs WHERE state = 'running'")
+    }
+    assert leases[kept["id"]] > leases[dropped["id"]] + 30_000  # the job no runner tracks is left to lapse
+    assert await jobs.renew("other:2:y", [kept["id"]], 60_000) == {}
+
+
+async def test_two_recoveries_of_one_job_write_one_event(jobs: JobService) -> None:
+    job = await submit(jobs)
+    await jobs.claim("deadhost:1:x", 1, -1)
+    first, second = await asyncio.gather(
+        jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True),
+        jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True),
+    )
+    assert first["failed"] + second["failed"] == 1
+    states = [orjson.loads(e["data"]).get("state") for e in await jobs.events(job["id"])]
+    assert states == ["pending", "failed"]

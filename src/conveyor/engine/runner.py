@@ -44,13 +44,26 @@ GraphLoader = Callable[[str], Awaitable[RecipeGraph]]
 
 
 @dataclass(slots=True)
+class NodeBudget:
+    """How many more node runs one job may make, its sub-recipes included (each try counts)."""
+
+    left: int
+
+    def take(self) -> None:
+        if self.left <= 0:
+            raise BlockError("the job ran more nodes than CONVEYOR_LIMITS__MAX_NODE_RUNS allows", retryable=False)
+        self.left -= 1
+
+
+@dataclass(slots=True)
 class RunContext:
-    """What one job run shares between its nodes."""
+    """What one job run shares between its nodes (and with the sub-recipes it runs)."""
 
     job_id: str
     user_id: str | None
     emit: EventSink
     usage: UsageMeter
+    budget: NodeBudget
     depth: int = 0
 
 
@@ -77,6 +90,8 @@ class Engine:
         self.logger = logger or logging.getLogger("conveyor.engine")
         self.block_timeout_s: float = float(limits.block_timeout_s)
         self.max_depth: int = int(limits.max_recipe_depth)
+        # Depth alone does not bound a recipe that runs itself ten times per level: 10^5 runs at depth 5.
+        self.max_node_runs: int = int(limits.max_node_runs)
 
     async def run(
         self,
@@ -92,7 +107,8 @@ class Engine:
         depth: int = 0,
     ) -> dict[str, Any]:
         """Runs `graph` with the job's `inputs`; returns the output node's values."""
-        run = RunContext(job_id, user_id, emit, usage if usage is not None else UsageMeter(), depth)
+        budget = NodeBudget(self.max_node_runs)
+        run = RunContext(job_id, user_id, emit, usage if usage is not None else UsageMeter(), budget, depth)
         if timeout_s is None:
             results = await self._run_graph(graph, inputs, run, completed or {})
         else:
@@ -178,6 +194,10 @@ class Engine:
         timeout_s = node.timeout_s or self.block_timeout_s
         attempts = node.retry.attempts
         for attempt in range(1, attempts + 1):
+            try:
+                run.budget.take()
+            except BlockError as exc:
+                raise NodeFailedError(node.id, node.block.name, exc) from None
             run.emit("started", node.id, {"attempt": attempt})
             started = time.perf_counter()
             try:
@@ -222,7 +242,7 @@ class Engine:
             def emit(kind: str, node: str, data: dict[str, Any]) -> None:
                 return None  # a sub-recipe's node events stay inside its run_recipe node
 
-            sub = RunContext(run.job_id, run.user_id, emit, run.usage, depth)
+            sub = RunContext(run.job_id, run.user_id, emit, run.usage, run.budget, depth)
             results = await self._run_graph(graph, inputs, sub, {})
             return results.get(graph.output, {})
 

@@ -29,6 +29,7 @@ from conveyor.recipes.graph import RecipeGraph
 log = logging.getLogger("conveyor.executor")
 
 GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
+FINISH_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 
 
 def _host() -> str:
@@ -81,6 +82,7 @@ class LocalExecutor:
         self.owner = f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
+        self._lost: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,8 +104,15 @@ class LocalExecutor:
         """Stops claiming; waits up to `grace_s` for running jobs, then releases the rest to the queue."""
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
+        claim_loop, *others = self._tasks
+        for task in others:
             task.cancel()
+        # The claim loop is not cancelled: cut off inside a claim whose write still commits, it would leave
+        # jobs `running` under this owner with no task. It sees `_stopping` and ends by itself.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(claim_loop), timeout=grace_s)
+        if not claim_loop.done():
+            claim_loop.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         running = list(self._running.values())
         if running:
@@ -153,6 +162,9 @@ class LocalExecutor:
                 except Exception:
                     log.exception("claiming jobs failed")
                 for job in claimed:
+                    if self._stopping:  # claimed while shutting down: give it straight back
+                        await self._release(job)
+                        continue
                     task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
                     self._running[job.id] = task
                     task.add_done_callback(functools.partial(self._job_done, job.id))
@@ -166,16 +178,22 @@ class LocalExecutor:
     def _job_done(self, job_id: str, _task: object = None) -> None:
         self._running.pop(job_id, None)
         self._cancel_requested.discard(job_id)
+        self._lost.discard(job_id)
         self._wake.set()
 
     async def _renew_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.renew_interval_s)
             try:
-                rows = await self.jobs.renew(self.owner, self.lease_ms)
-                for row in rows:
-                    if row["cancel_requested"]:
-                        self.cancel_local(row["id"])
+                held = await self.jobs.renew(self.owner, list(self._running), self.lease_ms)
+                for job_id, task in list(self._running.items()):
+                    if job_id not in held:
+                        # Our lease lapsed and another process took the job: stop, and write nothing more.
+                        log.warning("job %s was taken from this runner (lease lapsed); stopping it", job_id)
+                        self._lost.add(job_id)
+                        task.cancel()
+                    elif held[job_id]:
+                        self.cancel_local(job_id)
                 await self.recover()
             except Exception:
                 log.exception("renewing leases failed")
@@ -209,7 +227,7 @@ class LocalExecutor:
             rows = [await self._encode_event(event) for event in batch]
             if previous is not None:
                 await asyncio.wait([previous])
-            await self.jobs.db.write(self.jobs.event_op(rows))
+            await self.jobs.db.write(self.jobs.event_op(rows, self.owner))
         except Exception:
             log.exception("writing node events failed")
 
@@ -240,10 +258,11 @@ class LocalExecutor:
         state, outputs, error = JobState.FAILED, None, None
         try:
             graph = await self.graphs(job.recipe_id, job.revision)
+            inputs = await self.jobs.read_inputs(job)
             completed = await self.jobs.completed_nodes(job.id) if job.attempts > 1 else {}
             outputs = await self.engine.run(
                 graph,
-                job.inputs,
+                inputs,
                 job_id=job.id,
                 user_id=job.user_id,
                 emit=emit,
@@ -257,6 +276,9 @@ class LocalExecutor:
         except JobTimeoutError as exc:
             error = {"code": "timeout", "message": str(exc)}
         except asyncio.CancelledError:
+            if job.id in self._lost:
+                self._events.pop(job.id, None)
+                raise
             if job.id not in self._cancel_requested:
                 await self._release(job)
                 raise
@@ -264,7 +286,8 @@ class LocalExecutor:
         except Exception as exc:
             log.exception("job %s failed inside the engine", job.id)
             error = {"code": "internal_error", "message": f"internal error: {type(exc).__name__}"}
-        await self._finish(job, state, outputs, error, usage)
+        # Shielded: a second cancel arriving while the result is stored must not leave the job `running`.
+        await asyncio.shield(self._finish(job, state, outputs, error, usage))
 
     async def _finish(
         self,
@@ -274,14 +297,22 @@ class LocalExecutor:
         error: dict[str, Any] | None,
         usage: UsageMeter,
     ) -> None:
-        events = await self._drain_events(job.id)
         totals = usage.totals() | {"by_node": usage.by_node}
-        try:
-            ours = await self.jobs.finish(
-                job.id, self.owner, state, outputs=outputs, error=error, usage=totals, events=events
-            )
-        except Exception:
-            log.exception("storing the result of job %s failed", job.id)
+        events: list[tuple[Any, ...]] | None = None
+        for attempt, delay in enumerate(FINISH_RETRY_DELAYS_S, start=1):
+            try:
+                if events is None:
+                    events = await self._drain_events(job.id)
+                ours = await self.jobs.finish(
+                    job.id, self.owner, state, outputs=outputs, error=error, usage=totals, events=events
+                )
+                break
+            except Exception:
+                log.exception("storing the result of job %s failed (try %d)", job.id, attempt)
+                await asyncio.sleep(delay)
+        else:
+            # Given up: the lease is no longer renewed once this task ends, so the job lapses and recovery
+            # fails (or resumes) it rather than leaving it `running`.
             return
         if not ours:
             log.warning("job %s was no longer ours when it finished; its result was not stored", job.id)

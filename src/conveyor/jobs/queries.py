@@ -52,6 +52,34 @@ SELECT CAST($1 AS VARCHAR(36)), 'state', NULL, CAST($2 AS TEXT), CAST($3 AS BIGI
 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = CAST($1 AS VARCHAR(36)) AND created_at = CAST($3 AS BIGINT))
 """
 INSERT_EVENT = "INSERT INTO job_events (job_id, kind, node, data, at) VALUES ($1, $2, $3, $4, $5)"
+_EVENT_SELECT = """
+INSERT INTO job_events (job_id, kind, node, data, at)
+SELECT CAST($1 AS VARCHAR(36)), CAST($2 AS VARCHAR(32)), CAST($3 AS VARCHAR(200)), CAST($4 AS TEXT), CAST($5 AS BIGINT)
+"""
+# An event of a state move, written only if that move happened: the job is in state $6, moved at $7. A refused
+# move (a runner that lost its lease, two recoveries racing) must leave no event behind: streams stop at the
+# first terminal event and a resume reads the `finished` ones.
+INSERT_EVENT_IF_MOVED = (
+    _EVENT_SELECT
+    + """WHERE EXISTS (SELECT 1 FROM jobs WHERE id = CAST($1 AS VARCHAR(36)) AND state = CAST($6 AS VARCHAR(16))
+                 AND updated_at = CAST($7 AS BIGINT))
+  AND (CAST($2 AS VARCHAR(32)) <> 'state' OR NOT EXISTS (
+       SELECT 1 FROM job_events WHERE job_id = CAST($1 AS VARCHAR(36)) AND kind = 'state'
+       AND at = CAST($5 AS BIGINT) AND data = CAST($4 AS TEXT)))"""
+)
+# (The NOT EXISTS: two processes making the same move in the same millisecond, e.g. recovering one job, would
+# both see the job moved at that time; only the first writes its state event.)
+# A node event of a running job, written only while the writer still holds the job's lease ($6).
+INSERT_EVENT_IF_OWNER = (
+    _EVENT_SELECT
+    + """WHERE EXISTS (SELECT 1 FROM jobs WHERE id = CAST($1 AS VARCHAR(36)) AND lease_owner = CAST($6 AS VARCHAR(64))
+                 AND state = 'running')"""
+)
+
+
+def moved_events(events: Sequence[tuple[Any, ...]], state: JobState, at: int) -> Op:
+    """`events` (job_id, kind, node, data, at), each written only if the job moved to `state` at `at`."""
+    return Op(INSERT_EVENT_IF_MOVED, [(*event, state.value, at) for event in events], many=True)
 
 
 def insert_job_ops(
@@ -120,7 +148,7 @@ def finish_ops(
         )
     ]
     if events:
-        ops.append(Op(INSERT_EVENT, list(events), many=True))
+        ops.append(moved_events(events, state, at))
     return ops
 
 
@@ -146,10 +174,11 @@ def fail_lapsed_op(job_id: str, owner: str, error: str, at: int) -> Op:
     )
 
 
-RENEW_SQL = """
-UPDATE jobs SET lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT) WHERE lease_owner = $1 AND state = 'running'
-RETURNING id, cancel_requested
+# Renewal touches only the jobs the runner still runs (one row each): a job it lost track of must lapse.
+RENEW_ONE_SQL = """
+UPDATE jobs SET lease_expires_at = CAST($2 AS BIGINT) WHERE id = $1 AND lease_owner = $3 AND state = 'running'
 """
+OWNED_SQL = "SELECT id, cancel_requested FROM jobs WHERE lease_owner = $1 AND state = 'running'"
 
 CANCEL_PENDING_SQL = f"""
 UPDATE jobs SET state = 'cancelled', error = $2, finished_at = $3, updated_at = $3
@@ -158,9 +187,9 @@ WHERE id = $1 AND state = 'pending' AND state IN {sources_sql(JobState.CANCELLED
 REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'"
 
 LAPSED_SQL = """
-SELECT id, lease_owner, on_interrupt, attempts FROM jobs
+SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts FROM jobs
 WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
-ORDER BY id LIMIT 500
+ORDER BY lease_expires_at LIMIT 500
 """
 
 

@@ -111,7 +111,9 @@ class JobService:
         rows = await self.db.execute_returning(self._claim_sql, owner, q.now_ms(), lease_ms, limit)
         claimed = []
         for row in rows:
-            inputs = await rehydrate(orjson.loads(row["inputs"]), self.files)
+            # Spilled inputs are read back by the runner (`read_inputs`), so one unreadable job fails alone
+            # instead of stranding the whole claimed batch.
+            inputs = orjson.loads(row["inputs"])
             claimed.append(
                 ClaimedJob(
                     id=row["id"],
@@ -126,12 +128,22 @@ class JobService:
             )
         return claimed
 
-    async def renew(self, owner: str, lease_ms: int) -> list[Row]:
-        """Extends every lease `owner` holds; returns (id, cancel_requested) of its running jobs."""
-        return await self.db.execute_returning(q.RENEW_SQL, owner, q.now_ms(), lease_ms)
+    async def read_inputs(self, job: ClaimedJob) -> dict[str, Any]:
+        """A claimed job's inputs with spilled values read back from the file store."""
+        return await rehydrate(job.inputs, self.files)
 
-    def event_op(self, events: Sequence[tuple[Any, ...]]) -> Op:
-        return Op(q.INSERT_EVENT, list(events), many=True)
+    async def renew(self, owner: str, job_ids: Sequence[str], lease_ms: int) -> dict[str, bool]:
+        """Extends the leases of the jobs `owner` still runs; returns {id: cancel_requested} of the jobs the
+        store says `owner` holds. A job missing there was taken from it (its lease lapsed and was recovered)."""
+        held = {row["id"]: bool(row["cancel_requested"]) for row in await self.db.fetch_all(q.OWNED_SQL, owner)}
+        renew = [(job_id, q.now_ms() + lease_ms, owner) for job_id in sorted(job_ids) if job_id in held]
+        if renew:
+            await self.db.write(Op(q.RENEW_ONE_SQL, renew, many=True))
+        return held
+
+    def event_op(self, events: Sequence[tuple[Any, ...]], owner: str) -> Op:
+        """Node events of a running job, written only while `owner` still holds its lease."""
+        return Op(q.INSERT_EVENT_IF_OWNER, [(*event, owner) for event in events], many=True)
 
     async def finish(
         self,
@@ -166,8 +178,10 @@ class JobService:
     async def release(self, job_id: str, owner: str, events: Sequence[tuple[Any, ...]] = ()) -> bool:
         """Puts a claimed job back in the queue (this process is shutting down)."""
         at = q.now_ms()
-        ops = [q.release_op(job_id, owner, at), self.event_op([*events, q.state_event(job_id, JobState.PENDING, at)])]
-        results = await self.db.write(*ops)
+        state_event = q.state_event(job_id, JobState.PENDING, at)
+        results = await self.db.write(
+            q.release_op(job_id, owner, at), q.moved_events([*events, state_event], JobState.PENDING, at)
+        )
         return bool(results[0])
 
     async def cancel(self, job_id: str) -> Row:
@@ -180,10 +194,7 @@ class JobService:
             extra = ',"error":' + error
             count, _ = await self.db.write(
                 Op(q.CANCEL_PENDING_SQL, (job_id, error, at)),
-                Op(
-                    q.INSERT_STATE_EVENT_IF_JOB.replace("created_at = $3", "state = 'cancelled'"),
-                    (job_id, f'{{"state":"cancelled"{extra}}}', at),
-                ),
+                q.moved_events([q.state_event(job_id, JobState.CANCELLED, at, extra)], JobState.CANCELLED, at),
             )
             if count:
                 return await self.get(job_id)
@@ -202,25 +213,30 @@ class JobService:
         node, at most `max_resumes` times (a job that keeps crashing its process must not loop for ever); the
         others fail with reason `interrupted`.
         """
-        rows = await self.db.fetch_all(q.LAPSED_SQL, q.now_ms(), host_prefix + "%")
+        now = q.now_ms()
+        rows = await self.db.fetch_all(q.LAPSED_SQL, now, host_prefix + "%")
         counts = {"failed": 0, "resumed": 0}
         for row in rows:
             owner = row["lease_owner"] or ""
-            if owner.startswith(host_prefix) and not is_dead(owner):
+            lapsed = row["lease_expires_at"] is not None and row["lease_expires_at"] < now
+            # A live runner renews every job it runs, so a lapsed lease is lost whoever holds it (even a
+            # live pid: it may be a reused one); a dead runner on this host is found before its lease lapses.
+            if not lapsed and not (owner.startswith(host_prefix) and is_dead(owner)):
                 continue
             at = q.now_ms()
             if row["on_interrupt"] == "resume" and row["attempts"] <= max_resumes:
+                event = q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')
                 done, _ = await self.db.write(
-                    q.release_op(row["id"], owner, at),
-                    self.event_op([q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')]),
+                    q.release_op(row["id"], owner, at), q.moved_events([event], JobState.PENDING, at)
                 )
                 counts["resumed"] += done
             else:
                 error = {"code": "interrupted", "message": "the process running this job stopped before it finished"}
                 extra = ',"error":' + dumps(error).decode()
+                event = q.state_event(row["id"], JobState.FAILED, at, extra)
                 done, _ = await self.db.write(
                     q.fail_lapsed_op(row["id"], owner, dumps(error).decode(), at),
-                    self.event_op([q.state_event(row["id"], JobState.FAILED, at, extra)]),
+                    q.moved_events([event], JobState.FAILED, at),
                 )
                 counts["failed"] += done
         return counts
