@@ -71,16 +71,68 @@ class RecipeDoc(BaseModel):
         }
 
 
+class _PlainYamlLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases and reads timestamps as plain strings.
+
+    Aliases let a few hundred bytes expand into a document of many megabytes (a "billion laughs"),
+    and a recipe never needs them; dates are not JSON, so `2020-01-01` stays the string it looks like.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _AliasRefusedError(None, None, "YAML aliases are not accepted", mark)
+        return super().compose_node(parent, index)
+
+
+class _AliasRefusedError(yaml.MarkedYAMLError):
+    """A YAML alias was met (see `_PlainYamlLoader`)."""
+
+
+_PlainYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+# orjson's own messages for its depth limits (1024 levels reading, 255 writing): the only way it tells them apart.
+_TOO_DEEP_MESSAGES = ("depth limit exceeded", "Recursion limit reached")
+
+
 def parse_recipe_text(text: str | bytes, content_type: str = "application/json") -> Any:
-    """Parses a recipe body as JSON or YAML (by content type; JSON first when unsure) into plain data."""
+    """Parses a recipe body as JSON or YAML (by content type; JSON first when unsure) into plain JSON data.
+
+    `BadRequestError` (400) for a body that does not parse, uses YAML aliases, holds values JSON cannot
+    (bytes, sets, dates, non-string keys, huge integers), or nests deeper than a revision can be stored.
+    """
+    try:
+        return _plain(_parse(text, content_type))
+    except RecursionError:
+        raise BadRequestError("body nests too deeply") from None
+
+
+def _parse(text: str | bytes, content_type: str) -> Any:
     is_yaml = "yaml" in content_type or "yml" in content_type
     if not is_yaml:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError as exc:
+            if any(message in str(exc) for message in _TOO_DEEP_MESSAGES):
+                raise BadRequestError("body nests too deeply") from None
             if "json" in content_type:
                 raise BadRequestError(f"body is not valid JSON: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_PlainYamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    except _AliasRefusedError:
+        raise BadRequestError("YAML aliases are not accepted") from None
     except yaml.YAMLError as exc:
         raise BadRequestError(f"body is not valid YAML: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON data, or `BadRequestError`: a round trip through the encoder every revision is saved with."""
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME))
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        if any(message in str(exc) for message in _TOO_DEEP_MESSAGES):
+            raise BadRequestError("body nests too deeply") from None
+        raise BadRequestError("recipe must be plain JSON data") from None

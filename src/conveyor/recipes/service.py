@@ -38,11 +38,20 @@ class RecipeService:
     async def create(self, data: Any, *, owner_id: str | None = None) -> Row:
         graph = self.validate(data)
         doc = graph.doc
+        # The check answers most duplicates without a failed write; the insert settles the races it cannot see.
         if doc.id is not None and await store.recipe_exists_any(self.db, doc.id):
-            raise ConflictError(f"a recipe with id {doc.id!r} exists; PUT /api/v1/recipes/{doc.id} to revise it")
-        return await store.create_recipe(
-            self.db, name=doc.name, body=doc.body(), description=doc.description, owner_id=owner_id, recipe_id=doc.id
-        )
+            raise _id_taken(doc.id)
+        try:
+            return await store.create_recipe(
+                self.db,
+                name=doc.name,
+                body=doc.body(),
+                description=doc.description,
+                owner_id=owner_id,
+                recipe_id=doc.id,
+            )
+        except store.RecipeIdTakenError as exc:
+            raise _id_taken(exc.recipe_id) from None
 
     async def update(self, recipe_id: str, data: Any) -> Row:
         doc = parse_doc(data)
@@ -103,3 +112,7 @@ class RecipeService:
     async def delete(self, recipe_id: str) -> None:
         if not await store.delete_recipe(self.db, recipe_id):
             raise NotFoundError("recipe", recipe_id)
+
+
+def _id_taken(recipe_id: str) -> ConflictError:
+    return ConflictError(f"a recipe with id {recipe_id!r} exists; PUT /api/v1/recipes/{recipe_id} to revise it")

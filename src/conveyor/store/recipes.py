@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, update
 
+from conveyor.errors import ConflictError
 from conveyor.store.db import Database, Op, Row
 from conveyor.store.schema import recipe_revisions, recipes
+
+# SQLITE_CONSTRAINT_PRIMARYKEY and SQLITE_CONSTRAINT_UNIQUE: other integrity errors (a foreign key) are not "taken".
+_SQLITE_DUPLICATE_KEY = {1555, 2067}
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class RecipeIdTakenError(ConflictError):
+    """The id of a recipe being created is already taken (deleted recipes included); the API answers 409."""
+
+    def __init__(self, recipe_id: str) -> None:
+        super().__init__(f"a recipe with id {recipe_id!r} exists", details={"id": recipe_id})
+        self.recipe_id = recipe_id
 
 
 async def create_recipe(
@@ -26,61 +39,74 @@ async def create_recipe(
     owner_id: str | None = None,
     recipe_id: str | None = None,
 ) -> Row:
-    """Creates a recipe with its first revision (1)."""
+    """Creates a recipe with its first revision (1); `RecipeIdTakenError` when the id is taken.
+
+    The insert itself decides who gets an id (a check before it races other writers).
+    """
     recipe_id = recipe_id or str(uuid.uuid4())
     at = now_ms()
-    await db.write(
-        Op(
-            insert(recipes).values(
-                id=recipe_id,
-                name=name,
-                description=description,
-                owner_id=owner_id,
-                latest_revision=1,
-                created_at=at,
-                updated_at=at,
-            )
-        ),
-        Op(insert(recipe_revisions).values(recipe_id=recipe_id, revision=1, body=_dump(body), created_at=at)),
-    )
+    try:
+        await db.write(
+            Op(
+                insert(recipes).values(
+                    id=recipe_id,
+                    name=name,
+                    description=description,
+                    owner_id=owner_id,
+                    latest_revision=1,
+                    created_at=at,
+                    updated_at=at,
+                )
+            ),
+            Op(insert(recipe_revisions).values(recipe_id=recipe_id, revision=1, body=_dump(body), created_at=at)),
+        )
+    except Exception as exc:
+        if is_unique_violation(exc):
+            raise RecipeIdTakenError(recipe_id) from None
+        raise
     row = await read_recipe(db, recipe_id)
     assert row is not None
     return row
 
 
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether a driver error is a duplicate primary or unique key (SQLite or asyncpg)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return getattr(exc, "sqlite_errorcode", None) in _SQLITE_DUPLICATE_KEY
+    try:
+        from asyncpg.exceptions import UniqueViolationError
+    except ImportError:  # PostgreSQL support not installed: no asyncpg error can occur
+        return False
+    return isinstance(exc, UniqueViolationError)
+
+
 async def add_revision(
     db: Database, recipe_id: str, *, name: str, body: dict[str, Any], description: str
 ) -> Row | None:
-    """Saves a new revision of an existing recipe; returns None when it does not exist.
+    """Saves a new revision of an existing recipe; returns the recipe row as saved, or None when it does not exist.
 
-    The revision number comes from the row itself inside the write, so two saves at once get two numbers.
+    The recipe row is bumped first and its new `latest_revision` read back from the same statement; the
+    revision row then copies that number within the same transaction. On PostgreSQL the UPDATE holds the
+    row's lock until commit, so concurrent saves queue one behind another and each gets its own number.
     """
     at = now_ms()
-    next_revision = select(recipes.c.latest_revision + 1).where(recipes.c.id == recipe_id).scalar_subquery()
-    results = await db.write(
+    live = and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None))
+    bumped, _ = await db.write(
+        Op(
+            update(recipes)
+            .where(live)
+            .values(latest_revision=recipes.c.latest_revision + 1, name=name, description=description, updated_at=at)
+            .returning(*recipes.c),
+            returning=True,
+        ),
         Op(
             insert(recipe_revisions).from_select(
                 ["recipe_id", "revision", "body", "created_at"],
-                select(recipes.c.id, next_revision, _literal(_dump(body)), _literal(at)).where(
-                    and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None))
-                ),
+                select(recipes.c.id, recipes.c.latest_revision, literal(_dump(body)), literal(at)).where(live),
             )
         ),
-        Op(
-            update(recipes)
-            .where(and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None)))
-            .values(latest_revision=recipes.c.latest_revision + 1, name=name, description=description, updated_at=at)
-        ),
     )
-    if results[1] == 0:
-        return None
-    return await read_recipe(db, recipe_id)
-
-
-def _literal(value: Any) -> Any:
-    from sqlalchemy import literal
-
-    return literal(value)
+    return dict(bumped[0]) if bumped else None
 
 
 def _dump(body: dict[str, Any]) -> str:
