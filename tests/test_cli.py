@@ -101,3 +101,21 @@ def test_serve_honours_host_port_and_data_dir(tmp_path: Path) -> None:
         assert (data / "conveyor.db").exists()
         assert client.get("/docs").status_code == 200
         assert "/api/v1/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_run_reports_an_unparseable_input_value_without_a_traceback(tmp_path: Path) -> None:
+    recipe = tmp_path / "count.yaml"
+    recipe.write_text(
+        "id: count\nname: Count\nnodes:\n"
+        "  start: {block: chat_input, config: {fields: {n: {type: number, required: true}}}}\n"
+        "  out: {block: recipe_output, inputs: {objects: start.n}}\n"
+    )
+    env = {**ServerProcess(tmp_path / "data").env}
+    assert conveyor("recipes", "import", str(recipe), env=env).returncode == 0
+    with ServerProcess(tmp_path / "data") as server:
+        done = conveyor("run", "json-reshape", "-i", "json={bad", env=server.env)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "--input json: not valid JSON" in done.stderr
+        done = conveyor("run", "count", "-i", "n=many", env=server.env)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "--input n: not a number" in done.stderr

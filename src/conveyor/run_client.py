@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,27 @@ def _api_error(response: httpx.Response) -> ConveyorError:
     return exc
 
 
-def _coerce(kind: str, raw: str) -> Any:
-    """A command-line value as the recipe field's type."""
+def _coerce(name: str, kind: str, raw: str) -> Any:
+    """A command-line value as the recipe field's type; `ValidationError` naming the input when it is not one."""
     if kind == "number":
         try:
             return int(raw)
         except ValueError:
-            return float(raw)
+            pass
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ValidationError(f"--input {name}: not a number: {raw!r}") from None
+        if not math.isfinite(number):  # JSON has no infinity or NaN
+            raise ValidationError(f"--input {name}: not a finite number: {raw!r}")
+        return number
     if kind == "boolean":
         return raw.lower() in ("1", "true", "yes", "on")
     if kind == "json":
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ValidationError(f"--input {name}: not valid JSON: {exc}") from None
     return raw
 
 
@@ -60,7 +71,7 @@ async def _build_inputs(client: httpx.AsyncClient, fields: dict[str, Any], pairs
                 raise ValidationError(f"--input {name}: no file {path}")
             value: Any = await _upload(client, path)
         else:
-            value = _coerce(kind, raw)
+            value = _coerce(name, kind, raw)
         if kind in MEDIA_TYPES:
             inputs.setdefault(name, []).append(value)
         else:

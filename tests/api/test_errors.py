@@ -81,3 +81,18 @@ async def test_bad_last_event_id_is_400(client: Any) -> None:
     assert_error(
         await client.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "abc"}), 400, "bad_request"
     )
+
+
+async def test_nul_in_a_recipe_id_is_never_a_500(client: Any, server: Any) -> None:
+    postgres = str(server.settings.database.url).startswith("postgres")
+    for response in (
+        await client.get("/api/v1/recipes/a%00b"),
+        await client.get("/api/v1/recipes", params={"name": "a\x00b"}),
+    ):
+        assert response.status_code != 500, response.text
+    response = await client.get("/api/v1/recipes/a%00b")
+    if postgres:
+        found = assert_error(response, 400, "bad_request")
+        assert "NUL" in found["error"]["message"]
+    else:
+        assert_error(response, 404, "not_found")

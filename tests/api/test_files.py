@@ -54,3 +54,15 @@ async def test_upload_over_the_limit_is_413_and_stores_nothing(make_settings: An
 
 async def test_upload_without_a_file_is_422(client: Any) -> None:
     assert_error(await client.post("/api/v1/files", data={"x": "y"}), 422, "validation_error")
+
+
+async def test_a_non_ascii_name_is_served_per_rfc_6266(client: Any) -> None:
+    response = await client.post("/api/v1/files", files={"file": ("日本語.txt", b"hello", "text/plain")})
+    assert response.status_code == 201, response.text
+    fid = response.json()["items"][0]["fid"]
+    downloaded = await client.get(f"/api/v1/files/{fid}", params={"download": "true"})
+    assert downloaded.status_code == 200 and downloaded.content == b"hello"
+    disposition = downloaded.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="')
+    assert "filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt" in disposition
+    disposition.encode("ascii")

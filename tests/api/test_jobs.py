@@ -284,3 +284,80 @@ async def test_a_20_mb_image_in_the_json_body_is_held_only_a_few_times(client: A
     assert peak - baseline < 2.5 * len(body), (peak - baseline) / len(body)
     result = await wait_result(client, response.json()["id"], timeout_s=60)
     assert result["state"] == "succeeded", result
+
+
+def _is_postgres(server: Any) -> bool:
+    return str(server.settings.database.url).startswith("postgres")
+
+
+async def test_an_integer_beyond_64_bits_in_the_inputs_is_422_and_no_job(client: Any) -> None:
+    recipe = {
+        "name": "Echo JSON",
+        "nodes": {
+            "start": {"block": "chat_input", "config": {"fields": {"data": {"type": "json", "required": True}}}},
+            "out": {"block": "recipe_output", "inputs": {"objects": "start.data"}},
+        },
+    }
+    created = await client.post("/api/v1/recipes", json=recipe)
+    assert created.status_code == 201, created.text
+    body = {"recipe": created.json()["id"], "inputs": {"data": {"a": 10**26}}}
+    response = await client.post("/api/v1/jobs", json=body)
+    found = assert_error(response, 422)
+    assert "64 bits" in found["error"]["message"]
+    assert (await client.get("/api/v1/jobs")).json()["total"] == 0
+
+
+async def test_nul_in_ids_is_404_and_in_the_body_or_query_422(client: Any) -> None:
+    for path in ("", "/result", "/events"):
+        assert_error(await client.get(f"/api/v1/jobs/a%00b{path}"), 404, "not_found")
+    assert_error(await client.post("/api/v1/jobs/a%00b/cancel"), 404, "not_found")
+    assert_error(await client.get("/api/v1/files/a%00b"), 404, "not_found")
+    assert_error(await client.post("/api/v1/jobs", json={"recipe": "gree\x00ting"}), 422, "validation_error")
+    assert_error(await client.get("/api/v1/jobs", params={"recipe": "a\x00b"}), 422)
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "9223372036854775808", "-1", "1.5", "x" * 40, "+3"])
+async def test_a_bad_last_event_id_is_400(client: Any, value: str) -> None:
+    job = (await client.post("/api/v1/jobs", json={"recipe": "greeting", "inputs": {"text": "e"}})).json()
+    response = await client.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": value})
+    assert_error(response, 400, "bad_request")
+
+
+async def test_the_stream_of_a_finished_job_after_its_last_event_ends_at_once(client: Any) -> None:
+    job = (await client.post("/api/v1/jobs", json={"recipe": "greeting", "inputs": {"text": "f"}})).json()
+    await wait_result(client, job["id"])
+    events = _parse_sse((await client.get(f"/api/v1/jobs/{job['id']}/events")).text)
+    last = events[-1]["id"]
+    response = await client.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": str(last)}, timeout=5.0)
+    assert response.status_code == 200 and _parse_sse(response.text) == []
+
+
+async def test_list_by_the_id_of_a_deleted_recipe_keeps_its_jobs(client: Any) -> None:
+    recipe = (await client.post("/api/v1/recipes", json={**_GREETING_COPY, "name": "Gone"})).json()
+    job = (await client.post("/api/v1/jobs", json={"recipe": recipe["id"], "inputs": {"text": "g"}})).json()
+    await wait_result(client, job["id"])
+    assert (await client.delete(f"/api/v1/recipes/{recipe['id']}")).status_code == 204
+    listed = await client.get("/api/v1/jobs", params={"recipe": recipe["id"]})
+    assert listed.status_code == 200, listed.text
+    assert [item["id"] for item in listed.json()["items"]] == [job["id"]]
+    assert (await client.get("/api/v1/jobs", params={"recipe": "never-was"})).json()["total"] == 0
+
+
+_GREETING_COPY = {
+    "name": "Greeting copy",
+    "nodes": {
+        "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text", "required": True}}}},
+        "out": {"block": "recipe_output", "inputs": {"text": "start.text"}},
+    },
+}
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_job_whatever_the_body(client: Any) -> None:
+    headers = {"Idempotency-Key": "first-wins"}
+    first = await client.post("/api/v1/jobs", json={"recipe": "greeting", "inputs": {"text": "a"}}, headers=headers)
+    assert first.status_code == 202, first.text
+    for body in ({"recipe": "nope", "inputs": {}}, {"recipe": "greeting", "inputs": {"bad": 1}}):
+        again = await client.post("/api/v1/jobs", json=body, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == first.json()["id"]
+    assert (await client.get("/api/v1/jobs")).json()["total"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import yaml
@@ -126,3 +127,68 @@ async def test_pagination_walks_every_recipe_once(client: Any) -> None:
             break
     assert len(seen) == len(set(seen)) == body["total"]
     assert_error(await client.get("/api/v1/recipes", params={"cursor": "!!garbage"}), 400, "bad_request")
+
+
+async def test_yaml_aliases_are_refused(client: Any) -> None:
+    bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(7)]
+    response = await client.post(
+        "/api/v1/recipes", content="\n".join(bomb), headers={"Content-Type": "application/yaml"}
+    )
+    assert "aliases" in assert_error(response, 400, "bad_request")["error"]["message"]
+
+
+async def test_yaml_values_json_cannot_hold_are_refused(client: Any) -> None:
+    for extra in ("description: !!binary aGVsbG8=", "meta: {tags: !!set {a, b}}", "meta: {at: !!timestamp 2020-01-01}"):
+        response = await client.post(
+            "/api/v1/recipes", content=GREETING_YAML + extra, headers={"Content-Type": "application/yaml"}
+        )
+        assert "plain JSON" in assert_error(response, 400, "bad_request")["error"]["message"], extra
+
+
+async def test_yaml_dates_are_saved_as_strings(client: Any) -> None:
+    response = await client.post(
+        "/api/v1/recipes",
+        content=GREETING_YAML + "meta: {since: 2020-01-01}",
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert response.status_code == 201, response.text
+    read = (await client.get(f"/api/v1/recipes/{response.json()['id']}")).json()
+    assert read["recipe"]["meta"] == {"since": "2020-01-01"}
+
+
+async def test_deeply_nested_bodies_are_refused(client: Any) -> None:
+    for content_type in ("application/json", "application/yaml", "text/plain"):
+        response = await client.post("/api/v1/recipes", content="[" * 50_000, headers={"Content-Type": content_type})
+        assert "nests too deeply" in assert_error(response, 400, "bad_request")["error"]["message"], content_type
+    # Deep enough to parse but not to store (orjson writes at most 255 levels): refused before saving.
+    nested = '{"name": "Deep", "meta": {"x": ' + "[" * 300 + "]" * 300 + "}}"
+    response = await client.post("/api/v1/recipes", content=nested, headers={"Content-Type": "application/json"})
+    assert "nests too deeply" in assert_error(response, 400, "bad_request")["error"]["message"]
+
+
+async def test_concurrent_revisions_each_report_their_own_number(client: Any) -> None:
+    recipe = (
+        await client.post("/api/v1/recipes", content=GREETING_YAML, headers={"Content-Type": "application/yaml"})
+    ).json()
+    doc = yaml.safe_load(GREETING_YAML)
+
+    async def revise(i: int) -> Any:
+        return await client.put(f"/api/v1/recipes/{recipe['id']}", json=doc | {"description": f"v{i}"})
+
+    responses = await asyncio.gather(*(revise(i) for i in range(30)))
+    assert [r.status_code for r in responses] == [200] * 30, [r.text for r in responses if r.status_code != 200]
+    assert sorted(r.json()["revision"] for r in responses) == list(range(2, 32))
+    revisions = (await client.get(f"/api/v1/recipes/{recipe['id']}/revisions")).json()
+    assert [r["revision"] for r in revisions["items"]] == list(range(31, 0, -1))
+
+
+async def test_concurrent_creates_with_one_id_make_one_recipe(client: Any) -> None:
+    doc = yaml.safe_load(GREETING_YAML) | {"id": "only-one"}
+    responses = await asyncio.gather(*(client.post("/api/v1/recipes", json=doc) for _ in range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 19, [r.text for r in responses if r.status_code not in (201, 409)]
+    for response in responses:
+        if response.status_code == 409:
+            assert "PUT /api/v1/recipes/only-one" in assert_error(response, 409, "conflict")["error"]["message"]
+    assert (await client.get("/api/v1/recipes/only-one/revisions")).json()["items"][0]["revision"] == 1

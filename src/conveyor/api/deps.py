@@ -10,8 +10,11 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 
-from conveyor.errors import BadRequestError
+from conveyor.errors import BadRequestError, NotFoundError
 from conveyor.runtime import Runtime
+
+MAX_BIGINT = 2**63  # ids and times are stored as signed 64-bit integers; larger values break the queries
+MAX_CURSOR_ID = 200
 
 
 async def runtime(request: Request) -> Runtime:
@@ -43,9 +46,31 @@ def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, ident = raw.split(":", 1)
-        return int(created), ident
+        at = int(created)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadRequestError("cursor is not one this server gave out") from None
+    if not 0 <= at < MAX_BIGINT or len(ident) > MAX_CURSOR_ID or "\x00" in ident:
+        raise BadRequestError("cursor is not one this server gave out")
+    return at, ident
+
+
+def path_id(kind: str, ident: str) -> str:
+    """An id from a URL path, checked before it reaches the database: one holding NUL names nothing (404).
+
+    PostgreSQL text cannot hold NUL, so asking it would fail with a 500 rather than find nothing.
+    """
+    if "\x00" in ident:
+        raise NotFoundError(kind, ident)
+    return ident
+
+
+def parse_event_id(raw: str | None) -> int:
+    """The `Last-Event-ID` a stream resumes after (0: from the start); anything but an event id is a 400."""
+    if not raw:
+        return 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or int(raw) >= MAX_BIGINT:
+        raise BadRequestError("Last-Event-ID must be an event id this server sent")
+    return int(raw)
 
 
 def page(items: list[dict[str, Any]], rows: list[Any], total: int, limit: int) -> dict[str, Any]:

@@ -75,6 +75,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _nul_in_text(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL refused a NUL character in a text value the request carried (an id, a name): the client's fault."""
+    return error_response(400, "bad_request", "text must not contain NUL characters")
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error")
@@ -86,3 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PydanticValidationError, _model_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unhandled)
+    try:
+        from asyncpg.exceptions import CharacterNotInRepertoireError
+    except ImportError:  # no PostgreSQL driver: SQLite stores NUL as any other character
+        return
+    app.add_exception_handler(CharacterNotInRepertoireError, _nul_in_text)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from conveyor.api.deps import runtime
+from conveyor.api.deps import path_id, runtime
 from conveyor.errors import BadRequestError
 from conveyor.runtime import Runtime
 
@@ -34,6 +35,15 @@ def is_inline_safe(mime: str) -> bool:
     return base not in NEVER_INLINE and (base in INLINE_TYPES or base.startswith(INLINE_PREFIXES))
 
 
+def content_disposition(disposition: str, name: str) -> str:
+    """A `Content-Disposition` value for any file name (RFC 6266): headers are latin-1, names are not.
+
+    `filename` is an ASCII stand-in for old clients; `filename*` (RFC 5987) carries the name as UTF-8.
+    """
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name) or "file"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 @router.post("/api/v1/files", status_code=201, summary="Upload files (multipart, field `file`)")
 async def upload_files(file: list[UploadFile], rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     if len(file) > MAX_FILES_PER_UPLOAD:
@@ -52,15 +62,14 @@ async def upload_files(file: list[UploadFile], rt: Runtime = Depends(runtime)) -
 
 @router.get("/api/v1/files/{fid}", summary="Download a file (streamed)")
 async def download_file(fid: str, rt: Runtime = Depends(runtime), download: bool = Query(False)) -> StreamingResponse:
-    ref = await rt.files.describe(fid)
+    ref = await rt.files.describe(path_id("file", fid))
     disposition = "inline" if not download and is_inline_safe(ref["mime"]) else "attachment"
-    safe_name = ref["name"].replace('"', "").replace("\\", "")
     return StreamingResponse(
         rt.files.open(ref["fid"]),
         media_type=ref["mime"],
         headers={
             "Content-Length": str(ref["size"]),
-            "Content-Disposition": f'{disposition}; filename="{safe_name}"',
+            "Content-Disposition": content_disposition(disposition, ref["name"]),
             "X-Content-Type-Options": "nosniff",
             # A stored file never runs as a page of this origin, whatever its type (no stored XSS via uploads).
             "Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; media-src 'self'",

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from conveyor.api.deps import decode_cursor, iso, json_response, page, runtime
-from conveyor.errors import BadRequestError, ValidationError
+from conveyor.api.deps import decode_cursor, iso, json_response, page, parse_event_id, path_id, runtime
+from conveyor.errors import NotFoundError, ValidationError
+from conveyor.jobs import queries
 from conveyor.jobs.inputs import prepare_inputs
 from conveyor.jobs.service import is_terminal
 from conveyor.runtime import Runtime
@@ -33,6 +34,40 @@ class JobCreate(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     revision: int | None = Field(default=None, ge=1)
     priority: int = Field(default=0, ge=-100, le=100)
+
+    @field_validator("recipe")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _fits_64_bits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not fits_64_bits(value):
+            raise ValueError("inputs hold a number beyond 64 bits")
+        return value
+
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson, which stores the inputs, can encode
+
+
+def fits_64_bits(value: Any) -> bool:
+    """Whether every integer in a JSON value is one orjson can encode (it refuses larger ones).
+
+    Walked with a stack, not recursion, and without encoding: inputs may hold a 20 MB base64 image.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+            return False
+    return True
 
 
 def job_summary(row: Row) -> dict[str, Any]:
@@ -80,10 +115,17 @@ async def submit_job(request: Request) -> Response:
     # The hot path: the body is validated by pydantic straight from its bytes, without FastAPI's dependency
     # and body machinery, which cost about twice the rest of a submit (bench/profile_jobs.py).
     rt: Runtime = request.app.state.runtime
-    body = JobCreate.model_validate_json(await request.body())
     idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise ValidationError(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise ValidationError(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        # A used key answers with its first job whatever this body is: looked up before the body is read,
+        # so a retry is never refused for a recipe deleted or an input changed since. Callers are anonymous
+        # (scope "") until there are users.
+        existing = await queries.read_job_by_key(rt.db, "", idempotency_key)
+        if existing is not None:
+            return json_response(job_summary(existing), 200)
+    body = JobCreate.model_validate_json(await request.body())
     recipe, graph = await rt.recipes.resolve(body.recipe, body.revision)
     inputs = await prepare_inputs(graph.contract, body.inputs, rt.files)
     job, created = await rt.jobs.submit(
@@ -108,14 +150,29 @@ async def list_jobs(
     state: JobStateName | None = Query(None),
     recipe: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    recipe_id = (await rt.recipes.get(recipe))["id"] if recipe else None
+    recipe_id = await _recipe_filter(rt, recipe) if recipe else None
     rows, total = await rt.jobs.list(limit=limit, state=state, recipe_id=recipe_id, after=decode_cursor(cursor))
     return page([job_summary(row) for row in rows], rows, total, limit)
 
 
+async def _recipe_filter(rt: Runtime, ref: str) -> str:
+    """The recipe id a list filters on: a live recipe's id or name, else the value itself as an id.
+
+    A deleted recipe is not found by id or name, but its jobs stay and are listed by its id.
+    """
+    if "\x00" in ref:
+        raise ValidationError("recipe must not contain NUL characters")
+    try:
+        row = await rt.recipes.get(ref)
+    except NotFoundError:
+        return ref
+    recipe_id: str = row["id"]
+    return recipe_id
+
+
 @router.get("/api/v1/jobs/{job_id}", summary="Read a job: state, timings per node, error, usage")
 async def read_job(job_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    job = await rt.jobs.get(job_id)
+    job = await rt.jobs.get(path_id("job", job_id))
     events = await rt.jobs.events(job_id, limit=10_000)
     usage = orjson.loads(job["usage"]) if job["usage"] else {}
     return job_summary(job) | {"nodes": node_timings(events, usage.get("by_node", {}))}
@@ -148,7 +205,7 @@ def node_timings(events: list[Row], usage_by_node: dict[str, Any]) -> dict[str, 
 
 @router.get("/api/v1/jobs/{job_id}/result", summary="A job's outputs (202 while it runs)")
 async def read_result(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
-    job = await rt.jobs.get(job_id)
+    job = await rt.jobs.get(path_id("job", job_id))
     if not is_terminal(job["state"]):
         return JSONResponse({"id": job_id, "state": job["state"], "outputs": None}, status_code=202)
     error = orjson.loads(job["error"]) if job["error"] else None
@@ -157,7 +214,7 @@ async def read_result(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
 
 @router.post("/api/v1/jobs/{job_id}/cancel", summary="Cancel a job")
 async def cancel_job(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
-    job = await rt.jobs.cancel(job_id)
+    job = await rt.jobs.cancel(path_id("job", job_id))
     if job["state"] == "running" and rt.executor is not None and rt.executor.cancel_local(job_id):
         for _ in range(100):  # the runner stops the blocks and stores the cancellation within milliseconds
             await asyncio.sleep(0.01)
@@ -172,17 +229,28 @@ SSE_POLL_MAX_S = 0.5
 SSE_HEARTBEAT_S = 15.0
 
 
-@router.get("/api/v1/jobs/{job_id}/events", summary="Server-Sent Events of a job's node and state events")
-async def stream_events(
-    job_id: str,
-    rt: Runtime = Depends(runtime),
-    last_event_id: str | None = Header(default=None, max_length=32),
-) -> StreamingResponse:
-    job = await rt.jobs.get(job_id)
-    try:
-        after = int(last_event_id) if last_event_id else 0
-    except ValueError:
-        raise BadRequestError("Last-Event-ID must be an event id this server sent") from None
+LAST_EVENT_ID_HEADER = {
+    "parameters": [
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            "description": "Resume after this event id (one this server sent); anything else is a 400.",
+        }
+    ]
+}
+
+
+@router.get(
+    "/api/v1/jobs/{job_id}/events",
+    summary="Server-Sent Events of a job's node and state events",
+    openapi_extra=LAST_EVENT_ID_HEADER,
+)
+async def stream_events(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
+    job = await rt.jobs.get(path_id("job", job_id))
+    # Read by hand rather than declared, so that every bad value is the documented 400 (not FastAPI's 422).
+    after = parse_event_id(request.headers.get("last-event-id"))
     deadline = time.monotonic() + job["timeout_s"] + rt.settings.executor.lease_s * 3 + 60
     return StreamingResponse(
         _events(rt, job_id, after, deadline),
@@ -192,23 +260,42 @@ async def stream_events(
 
 
 async def _events(rt: Runtime, job_id: str, after: int, deadline: float) -> AsyncIterator[bytes]:
-    """Reads events from the store (any process's), ending after the terminal state event or the deadline."""
+    """Reads events from the store (any process's), ending after the terminal state event or the deadline.
+
+    A job found already ended while nothing follows `after` (a client resuming after its terminal event)
+    ends the stream at once instead of holding it open until the deadline.
+    """
     delay = SSE_POLL_MIN_S
     last_sent = time.monotonic()
+    checked_state = False
     while time.monotonic() < deadline:
         rows = await rt.jobs.events(job_id, after_id=after)
         for row in rows:
             after = row["id"]
             data = orjson.loads(row["data"])
-            payload = {"id": row["id"], "kind": row["kind"], "node": row["node"], "at": iso(row["at"]), **data}
-            yield f"id: {row['id']}\nevent: {row['kind']}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
+            yield _sse(row, data)
             if row["kind"] == "state" and data.get("state") in ("succeeded", "failed", "cancelled"):
                 return
         if rows:
             delay, last_sent = SSE_POLL_MIN_S, time.monotonic()
             continue
+        if not checked_state:
+            # Once is enough: a job still running now writes its terminal event later, after `after`.
+            checked_state = True
+            if is_terminal((await rt.jobs.get(job_id))["state"]):
+                # Its last events are written with its state, so one more read catches any that committed
+                # between the read above and this one.
+                for row in await rt.jobs.events(job_id, after_id=after):
+                    yield _sse(row, orjson.loads(row["data"]))
+                return
         if time.monotonic() - last_sent > SSE_HEARTBEAT_S:
             last_sent = time.monotonic()
             yield b": keep-alive\n\n"
         await asyncio.sleep(delay)
         delay = min(delay * 2, SSE_POLL_MAX_S)
+
+
+def _sse(row: Row, data: dict[str, Any]) -> bytes:
+    """One stored event as a Server-Sent Event."""
+    payload = {"id": row["id"], "kind": row["kind"], "node": row["node"], "at": iso(row["at"]), **data}
+    return f"id: {row['id']}\nevent: {row['kind']}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
