@@ -56,3 +56,13 @@ async def test_sqlalchemy_core_statements_compile_for_the_dialect(db: Database) 
     row = await db.fetch_one(select(users.c.id, users.c.name).where(users.c.name == "core"))
     assert row == {"id": "c1", "name": "core"}
     assert await db.fetch_one(select(users).where(users.c.name == "missing")) is None
+
+
+async def test_an_if_changed_op_runs_only_after_a_change(db: Database) -> None:
+    await db.execute(INSERT_USER, "x1", "xray", 1)
+    rename = "UPDATE users SET name = $2 WHERE id = $1"
+    noted = Op(INSERT_USER, ("note", "noted", 2), if_changed=True)
+    assert await db.write(Op(rename, ("nobody", "zed")), noted) == [0, 0]
+    assert await db.fetch_one("SELECT id FROM users WHERE id = 'note'") is None
+    assert await db.write(Op(rename, ("x1", "yankee")), noted) == [1, 1]
+    assert await db.fetch_one("SELECT id FROM users WHERE id = 'note'") == {"id": "note"}

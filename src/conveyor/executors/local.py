@@ -83,6 +83,7 @@ class LocalExecutor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
+        self._finishing: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,6 +91,7 @@ class LocalExecutor:
         self._flush_scheduled = False
         self._event_writes: set[asyncio.Task[None]] = set()
         self._last_write: asyncio.Task[None] | None = None
+        self._job_last_write: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         counts = await self.recover()
@@ -132,6 +134,8 @@ class LocalExecutor:
         task = self._running.get(job_id)
         if task is None:
             return False
+        if job_id in self._finishing:
+            return True  # its result is being stored; it ends in a moment
         self._cancel_requested.add(job_id)
         task.cancel()
         return True
@@ -179,6 +183,9 @@ class LocalExecutor:
         self._running.pop(job_id, None)
         self._cancel_requested.discard(job_id)
         self._lost.discard(job_id)
+        self._finishing.discard(job_id)
+        self._job_last_write.pop(job_id, None)
+        self._events.pop(job_id, None)
         self._wake.set()
 
     async def _renew_loop(self) -> None:
@@ -187,6 +194,8 @@ class LocalExecutor:
             try:
                 held = await self.jobs.renew(self.owner, list(self._running), self.lease_ms)
                 for job_id, task in list(self._running.items()):
+                    if job_id in self._finishing:
+                        continue
                     if job_id not in held:
                         # Our lease lapsed and another process took the job: stop, and write nothing more.
                         log.warning("job %s was taken from this runner (lease lapsed); stopping it", job_id)
@@ -212,12 +221,17 @@ class LocalExecutor:
     def _schedule_event_flush(self) -> None:
         self._flush_scheduled = False
         batch: list[tuple[Any, ...]] = []
-        for buffer in self._events.values():
-            batch.extend(buffer)
-            buffer.clear()
+        jobs_in_batch = []
+        for job_id, buffer in self._events.items():
+            if buffer:
+                batch.extend(buffer)
+                buffer.clear()
+                jobs_in_batch.append(job_id)
         if batch:
             task = asyncio.create_task(self._write_events(batch, self._last_write))
             self._last_write = task
+            for job_id in jobs_in_batch:
+                self._job_last_write[job_id] = task
             self._event_writes.add(task)
             task.add_done_callback(self._event_writes.discard)
 
@@ -231,10 +245,17 @@ class LocalExecutor:
         except Exception:
             log.exception("writing node events failed")
 
-    async def _events_written(self) -> None:
-        """Waits until every batch flushed so far is in the store (a job's last events follow them)."""
-        while (last := self._last_write) is not None and not last.done():
-            await asyncio.wait([last])  # a newer batch may start meanwhile: wait for that one too
+    async def _events_written(self, job_id: str) -> None:
+        """Waits until the batches holding this job's events are in the store (its last events follow them).
+
+        Only this job's newest batch is awaited (batches commit in order, so the earlier ones are in too):
+        waiting for every batch in flight would starve a finishing job while other jobs keep emitting.
+        """
+        # While we wait, a flush scheduled earlier may move this job's last buffered events into a newer batch:
+        # wait for that one too (the job emits nothing more, so this ends after at most one more round).
+        while (last := self._job_last_write.pop(job_id, None)) is not None:
+            if not last.done():
+                await asyncio.wait([last])
 
     async def _encode_event(self, event: tuple[Any, ...]) -> tuple[Any, ...]:
         job_id, kind, node, data, at = event
@@ -247,7 +268,7 @@ class LocalExecutor:
         return (job_id, kind, node, encoded, at)
 
     async def _drain_events(self, job_id: str) -> list[tuple[Any, ...]]:
-        await self._events_written()
+        await self._events_written(job_id)
         buffer = self._events.pop(job_id, [])
         return [await self._encode_event(event) for event in buffer]
 
@@ -286,8 +307,10 @@ class LocalExecutor:
         except Exception as exc:
             log.exception("job %s failed inside the engine", job.id)
             error = {"code": "internal_error", "message": f"internal error: {type(exc).__name__}"}
-        # Shielded: a second cancel arriving while the result is stored must not leave the job `running`.
-        await asyncio.shield(self._finish(job, state, outputs, error, usage))
+        # From here on the task is not cancelled (see `cancel_local`): a cancel arriving while the result is
+        # stored must not leave the job `running`.
+        self._finishing.add(job.id)
+        await self._finish(job, state, outputs, error, usage)
 
     async def _finish(
         self,

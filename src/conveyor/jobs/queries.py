@@ -56,19 +56,6 @@ _EVENT_SELECT = """
 INSERT INTO job_events (job_id, kind, node, data, at)
 SELECT CAST($1 AS VARCHAR(36)), CAST($2 AS VARCHAR(32)), CAST($3 AS VARCHAR(200)), CAST($4 AS TEXT), CAST($5 AS BIGINT)
 """
-# An event of a state move, written only if that move happened: the job is in state $6, moved at $7. A refused
-# move (a runner that lost its lease, two recoveries racing) must leave no event behind: streams stop at the
-# first terminal event and a resume reads the `finished` ones.
-INSERT_EVENT_IF_MOVED = (
-    _EVENT_SELECT
-    + """WHERE EXISTS (SELECT 1 FROM jobs WHERE id = CAST($1 AS VARCHAR(36)) AND state = CAST($6 AS VARCHAR(16))
-                 AND updated_at = CAST($7 AS BIGINT))
-  AND (CAST($2 AS VARCHAR(32)) <> 'state' OR NOT EXISTS (
-       SELECT 1 FROM job_events WHERE job_id = CAST($1 AS VARCHAR(36)) AND kind = 'state'
-       AND at = CAST($5 AS BIGINT) AND data = CAST($4 AS TEXT)))"""
-)
-# (The NOT EXISTS: two processes making the same move in the same millisecond, e.g. recovering one job, would
-# both see the job moved at that time; only the first writes its state event.)
 # A node event of a running job, written only while the writer still holds the job's lease ($6).
 INSERT_EVENT_IF_OWNER = (
     _EVENT_SELECT
@@ -77,9 +64,12 @@ INSERT_EVENT_IF_OWNER = (
 )
 
 
-def moved_events(events: Sequence[tuple[Any, ...]], state: JobState, at: int) -> Op:
-    """`events` (job_id, kind, node, data, at), each written only if the job moved to `state` at `at`."""
-    return Op(INSERT_EVENT_IF_MOVED, [(*event, state.value, at) for event in events], many=True)
+def moved_events(events: Sequence[tuple[Any, ...]]) -> Op:
+    """The events (job_id, kind, node, data, at) of a state move, written only if the move before them (the
+    previous op of the same write) happened. A refused move (a runner that lost its lease, two recoveries
+    racing) must leave no event behind: streams stop at the first terminal event and a resume reads the
+    `finished` ones."""
+    return Op(INSERT_EVENT, list(events), many=True, if_changed=True)
 
 
 def insert_job_ops(
@@ -148,7 +138,7 @@ def finish_ops(
         )
     ]
     if events:
-        ops.append(moved_events(events, state, at))
+        ops.append(moved_events(events))
     return ops
 
 

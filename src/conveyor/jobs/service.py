@@ -179,9 +179,7 @@ class JobService:
         """Puts a claimed job back in the queue (this process is shutting down)."""
         at = q.now_ms()
         state_event = q.state_event(job_id, JobState.PENDING, at)
-        results = await self.db.write(
-            q.release_op(job_id, owner, at), q.moved_events([*events, state_event], JobState.PENDING, at)
-        )
+        results = await self.db.write(q.release_op(job_id, owner, at), q.moved_events([*events, state_event]))
         return bool(results[0])
 
     async def cancel(self, job_id: str) -> Row:
@@ -194,7 +192,7 @@ class JobService:
             extra = ',"error":' + error
             count, _ = await self.db.write(
                 Op(q.CANCEL_PENDING_SQL, (job_id, error, at)),
-                q.moved_events([q.state_event(job_id, JobState.CANCELLED, at, extra)], JobState.CANCELLED, at),
+                q.moved_events([q.state_event(job_id, JobState.CANCELLED, at, extra)]),
             )
             if count:
                 return await self.get(job_id)
@@ -226,9 +224,7 @@ class JobService:
             at = q.now_ms()
             if row["on_interrupt"] == "resume" and row["attempts"] <= max_resumes:
                 event = q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')
-                done, _ = await self.db.write(
-                    q.release_op(row["id"], owner, at), q.moved_events([event], JobState.PENDING, at)
-                )
+                done, _ = await self.db.write(q.release_op(row["id"], owner, at), q.moved_events([event]))
                 counts["resumed"] += done
             else:
                 error = {"code": "interrupted", "message": "the process running this job stopped before it finished"}
@@ -236,7 +232,7 @@ class JobService:
                 event = q.state_event(row["id"], JobState.FAILED, at, extra)
                 done, _ = await self.db.write(
                     q.fail_lapsed_op(row["id"], owner, dumps(error).decode(), at),
-                    q.moved_events([event], JobState.FAILED, at),
+                    q.moved_events([event]),
                 )
                 counts["failed"] += done
         return counts

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sqlite3
 import threading
@@ -36,12 +37,17 @@ Statement = str | ClauseElement
 
 @dataclass(slots=True)
 class Op:
-    """One statement of a write: `many` runs it once per argument tuple; `returning` collects its rows."""
+    """One statement of a write: `many` runs it once per argument tuple; `returning` collects its rows.
+
+    `if_changed` runs it only when the op before it in the same write changed (or returned) rows, e.g. the
+    events of a state move that may be refused; a skipped op's result is 0 (or no rows).
+    """
 
     sql: Statement
     args: Sequence[Any] = ()
     many: bool = False
     returning: bool = False
+    if_changed: bool = False
 
 
 @dataclass(slots=True)
@@ -122,6 +128,27 @@ class Database(ABC):
 
     @abstractmethod
     def _native_sql(self, sql: str) -> str: ...
+
+
+def _run_group(ops: Sequence[Op], run: Any) -> list[Any]:
+    """Runs one caller's ops in order, skipping an `if_changed` op whose predecessor changed nothing."""
+    results: list[Any] = []
+    for op in ops:
+        if op.if_changed and results and not results[-1]:
+            results.append([] if op.returning else 0)
+        else:
+            results.append(run(op))
+    return results
+
+
+async def _run_group_async(ops: Sequence[Op], run: Any) -> list[Any]:
+    results: list[Any] = []
+    for op in ops:
+        if op.if_changed and results and not results[-1]:
+            results.append([] if op.returning else 0)
+        else:
+            results.append(await run(op))
+    return results
 
 
 def _settle(groups: list[_Group], results: list[list[Any] | BaseException]) -> None:
@@ -223,7 +250,7 @@ class SqliteDatabase(Database):
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [[self._run_op(op) for op in group.ops] for group in groups]
+            results = [_run_group(group.ops, self._run_op) for group in groups]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -344,7 +371,7 @@ class PostgresDatabase(Database):
 
     async def _transaction(self, conn: Any, groups: list[_Group]) -> list[list[Any]]:
         async with conn.transaction():
-            return [[await self._run_op(conn, op) for op in group.ops] for group in groups]
+            return [await _run_group_async(group.ops, functools.partial(self._run_op, conn)) for group in groups]
 
 
 def asyncpg_url(url: str) -> str:
