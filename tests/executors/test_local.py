@@ -87,3 +87,22 @@ def test_sigterm_releases_running_jobs_to_the_queue(tmp_path: Path) -> None:
         detail = client.get(f"/api/v1/jobs/{job}").json()
         assert detail["state"] in ("pending", "running")  # given back, then claimed again: not lost
         client.post(f"/api/v1/jobs/{job}/cancel")
+
+
+async def test_jobs_claimed_during_a_renewal_are_not_taken_for_lost(make_settings: Any) -> None:
+    """Regression: a job claimed while a renewal awaited its write was missing from the renewal's read of the
+    store, was cancelled as 'taken by another runner', and failed as interrupted once its lease lapsed."""
+    import asyncio
+
+    from tests.api.test_jobs import wait_result
+    from tests.conftest import LiveServer
+
+    settings = make_settings(executor={"renew_interval_s": 0.02, "lease_s": 2.0, "concurrency": 8})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        body = {"recipe": "greeting", "inputs": {"text": "x"}}
+        ids = []
+        for _ in range(10):
+            batch = await asyncio.gather(*(client.post("/api/v1/jobs", json=body) for _ in range(30)))
+            ids += [response.json()["id"] for response in batch]
+        states = [(await wait_result(client, job_id, timeout_s=30))["state"] for job_id in ids]
+        assert states.count("succeeded") == len(ids), {s: states.count(s) for s in set(states)}

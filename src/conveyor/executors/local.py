@@ -192,9 +192,13 @@ class LocalExecutor:
         while not self._stopping:
             await asyncio.sleep(self.renew_interval_s)
             try:
-                held = await self.jobs.renew(self.owner, list(self._running), self.lease_ms)
-                for job_id, task in list(self._running.items()):
-                    if job_id in self._finishing:
+                # Only jobs running before the renewal read the store: one claimed meanwhile is ours but was
+                # not in that read, and must not be taken for lost.
+                ids = list(self._running)
+                held = await self.jobs.renew(self.owner, ids, self.lease_ms)
+                for job_id in ids:
+                    task = self._running.get(job_id)
+                    if task is None or job_id in self._finishing:
                         continue
                     if job_id not in held:
                         # Our lease lapsed and another process took the job: stop, and write nothing more.
