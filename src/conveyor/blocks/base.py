@@ -223,7 +223,12 @@ Ports = Mapping[str, Port]
 
 
 class Block(Protocol):
-    """A kind of node. Implementations are stateless; one instance serves every job."""
+    """A kind of node. Implementations are stateless; one instance serves every job.
+
+    A block whose `run` never awaits may set `instant: ClassVar[bool] = True`: an asyncio timeout can only
+    interrupt a coroutine at an await, so the engine runs such a block without one (saving its cost on every
+    node run). `tests/blocks/test_instant.py` checks that each block marked so really never awaits.
+    """
 
     name: ClassVar[str]
 

@@ -44,6 +44,7 @@ class NumberInput:
     """
 
     name: ClassVar[str] = "number_input"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         value: Number = Field(default=0, description="The number.")
@@ -89,6 +90,7 @@ class BooleanInput:
     """
 
     name: ClassVar[str] = "boolean_input"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         value: bool = Field(default=False, description="The boolean.")
@@ -124,6 +126,7 @@ class InputText:
     """
 
     name: ClassVar[str] = "input_text"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         text: str = Field(default="", max_length=1_000_000, description="The text.")

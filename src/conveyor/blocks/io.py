@@ -69,6 +69,7 @@ class ChatInput:
     """
 
     name: ClassVar[str] = "chat_input"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         fields: dict[str, InputField] = Field(default_factory=_omnitool_fields, max_length=100)
@@ -103,6 +104,7 @@ class RecipeOutput:
     """
 
     name: ClassVar[str] = "recipe_output"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         pass

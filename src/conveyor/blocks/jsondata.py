@@ -100,6 +100,7 @@ class Jsonata:
     """
 
     name: ClassVar[str] = "jsonata"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         expression: str = Field(min_length=1, max_length=100_000, description="JSONata expression.")
@@ -159,6 +160,7 @@ class JsonPacker:
     """
 
     name: ClassVar[str] = "json_packer"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         pass
@@ -179,6 +181,7 @@ class JsonUnpacker:
     """
 
     name: ClassVar[str] = "json_unpacker"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         keys: list[str] = Field(default_factory=list, max_length=200, description="Keys to unpack, one output each.")

@@ -57,6 +57,7 @@ class TextTemplate:
     """
 
     name: ClassVar[str] = "text_template"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         template: str = Field(default="", max_length=200_000, description="Jinja2 template text.")
@@ -99,6 +100,7 @@ class TextReplace:
     """
 
     name: ClassVar[str] = "text_replace"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         find: str = Field(min_length=1, max_length=10_000, description="Text or regular expression to find.")
@@ -207,6 +209,7 @@ class MultiTextReplace:
     """
 
     name: ClassVar[str] = "multi_text_replace"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         template: str = Field(default="", max_length=1_000_000, description="Text with `{INPUT:Name}` placeholders.")
@@ -289,6 +292,7 @@ class TextSplitter:
     """
 
     name: ClassVar[str] = "text_splitter"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         chunk_size: int = Field(default=1000, ge=1, le=1_000_000, description="Longest chunk, in characters.")
@@ -323,6 +327,7 @@ class TextToJson:
     """
 
     name: ClassVar[str] = "text_to_json"
+    instant: ClassVar[bool] = True
 
     class Config(BlockConfig):
         pass

@@ -192,6 +192,7 @@ class Engine:
             user_id=run.user_id,
         )
         timeout_s = node.timeout_s or self.block_timeout_s
+        instant = getattr(node.block, "instant", False)  # never awaits: a timeout could not interrupt it
         attempts = node.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -201,8 +202,11 @@ class Engine:
             run.emit("started", node.id, {"attempt": attempt})
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(timeout_s):
+                if instant:
                     outputs = await node.block.run(ctx, node.config, dict(inputs))
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        outputs = await node.block.run(ctx, node.config, dict(inputs))
             except TimeoutError:
                 error: BaseException = BlockError(f"timed out after {timeout_s:g} s")
             except Exception as exc:
