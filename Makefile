@@ -17,6 +17,7 @@ serve: $(STAMP)  ## migrate, seed the demo recipes and serve on CONVEYOR_HOST:CO
 	$(BIN)/conveyor serve
 
 test: $(STAMP) lint  ## the whole suite
+	@sh scripts/ensure-node.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,7 +1,9 @@
 """What the benchmarks share: server subprocesses, job counts, CPU accounting, RSS, machine facts, tables.
 
 Every process started here is stopped by its own pid; every wait is bounded by time; every address is
-loopback. The HTTP load itself is in `load.py`.
+loopback. The HTTP load itself is in `load.py`. A Conveyor server answers 401 on every route but health
+without a bearer token: `conveyor_server` mints one with `conveyor token` and hands it out on the server
+object (`server.headers`); every helper that calls a protected route takes that object or those headers.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ ROOT = BENCH_DIR.parent
 PYTHON = sys.executable
 JOB_BODY = b'{"recipe":"greeting","inputs":{"text":"bench"}}'
 TERMINAL = ("succeeded", "failed", "cancelled")
+# The benchmark's token: `manage all` (every route), valid for a day, longer than any run.
+TOKEN_ARGV = ("token", "manage", "all", "86400000")
 
 
 def free_port() -> int:
@@ -43,12 +47,21 @@ def free_port() -> int:
 # --- a tiny blocking HTTP client for control calls (not for load) ---------------------------------------------
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    timeout_s: float = 10.0,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
     """One HTTP request on a fresh connection; returns (status, parsed JSON body or None)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
+        sent = dict(headers or {})
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=sent)
         response = conn.getresponse()
         raw = response.read()
         try:
@@ -64,7 +77,10 @@ def request(port: int, method: str, path: str, body: bytes | None = None, timeou
 
 
 class ServerProcess:
-    """A server in its own process, on a free loopback port, with its output in a log file."""
+    """A server in its own process, on a free loopback port, with its output in a log file.
+
+    `token` is the bearer token its protected routes want (None for a server without authentication).
+    """
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str], port: int, health: str, log: Path) -> None:
         self.argv = list(argv)
@@ -73,11 +89,17 @@ class ServerProcess:
         self.health = health
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers a request to a protected route carries: the bearer token, or none."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def start(self, timeout_s: float = 60.0) -> ServerProcess:
         with self.log.open("ab") as log:
@@ -183,12 +205,30 @@ main()
 """
 
 
+def mint_token(env: Mapping[str, str], timeout_s: float = 60.0) -> str:
+    """A `manage all` JWT from `python -m conveyor token` run with the server's environment (its data directory
+    holds the signing secret and the admin user); the CLI prints the token alone on its last line."""
+    argv = [PYTHON, "-m", "conveyor", *TOKEN_ARGV]
+    try:
+        done = subprocess.run(
+            argv, env=dict(env), cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"`conveyor token` did not finish within {timeout_s} s") from exc
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or lines[-1].count(".") != 2:
+        output = f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        raise RuntimeError(f"`conveyor token` failed ({done.returncode}):\n{output}")
+    return lines[-1].strip()
+
+
 @contextlib.contextmanager
 def conveyor_server(
     env: dict[str, str] | None = None, *, profile_to: Path | None = None
 ) -> Iterator[tuple[ServerProcess, Path]]:
     """`python -m conveyor serve` on SQLite in a fresh temporary data directory (demo recipes seeded).
 
+    The yielded server carries a `manage all` token minted once it answers (`server.token`, `server.headers`).
     With `profile_to`, the server runs under cProfile (see `PROFILED_SERVE`); the profile is written there.
     """
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
@@ -209,6 +249,7 @@ def conveyor_server(
             argv = [PYTHON, "-c", PROFILED_SERVE, str(profile_to)]
         server = ServerProcess(argv, env=full_env, port=port, health="/api/v1/health", log=Path(tmp) / "log")
         with server:
+            server.token = mint_token(full_env)
             yield server, data_dir
 
 
@@ -231,23 +272,23 @@ def hello_server() -> Iterator[ServerProcess]:
 # --- jobs as the store sees them ----------------------------------------------------------------------------
 
 
-def job_counts(port: int, states: Sequence[str] = ("pending", "running", *TERMINAL)) -> dict[str, int]:
-    """How many jobs are in each of `states`, through the API's list totals."""
+def job_counts(server: ServerProcess, states: Sequence[str] = ("pending", "running", *TERMINAL)) -> dict[str, int]:
+    """How many jobs are in each of `states`, through the API's list totals (with the server's token)."""
     counts = {}
     for state in states:
-        status, body = request(port, "GET", f"/api/v1/jobs?state={state}&limit=1")
+        status, body = request(server.port, "GET", f"/api/v1/jobs?state={state}&limit=1", headers=server.headers)
         if status != 200:
             raise RuntimeError(f"listing {state} jobs answered {status}: {body}")
         counts[state] = int(body["total"])
     return counts
 
 
-def wait_until_idle(port: int, timeout_s: float) -> dict[str, int]:
+def wait_until_idle(server: ServerProcess, timeout_s: float) -> dict[str, int]:
     """Polls until no job is pending or running (bounded); returns the counts of every state then."""
     deadline = time.monotonic() + timeout_s
-    while sum(job_counts(port, ("pending", "running")).values()) and time.monotonic() < deadline:
+    while sum(job_counts(server, ("pending", "running")).values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return job_counts(port)
+    return job_counts(server)
 
 
 @dataclass(frozen=True, slots=True)

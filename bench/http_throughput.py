@@ -8,9 +8,11 @@ when installed, else `loadgen.py`), connections and duration, the load always in
   2. `GET /api/v1/health` on a real `conveyor serve` (SQLite, fresh data directory, demo recipes seeded);
   3. `POST /api/v1/jobs` of the demo `greeting` recipe on that server, then a bounded wait until every job is
      terminal. jobs/s = jobs finished ÷ (first job's creation → last job's finish), read from the store.
-Each figure is the median over the rounds; the ratio is taken within each round, then its median. The queue
-bound is raised for the run so that a backlog shows as fewer jobs/s, not as 429s. Server CPU per request
-and the CPU other processes used meanwhile (a shared machine) are reported beside each figure.
+Every jobs request carries the server's bearer token (minted with `conveyor token manage all` before any
+load); health and hello world need none and get none. Each figure is the median over the rounds; the ratio
+is taken within each round, then its median. The queue bound is raised for the run so that a backlog shows
+as fewer jobs/s, not as 429s. Server CPU per request and the CPU other processes used meanwhile (a shared
+machine) are reported beside each figure.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from common import (
@@ -40,12 +43,18 @@ CONNECTIONS = 16
 
 
 def _measure(
-    server: ServerProcess, path: str, *, duration_s: float, tool: str, body: bytes | None = None
+    server: ServerProcess,
+    path: str,
+    *,
+    duration_s: float,
+    tool: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     watch = CpuWatch(server.pid).start()
     load = run_load(
         server.port, path, method="GET" if body is None else "POST", body=body, connections=CONNECTIONS,
-        duration_s=duration_s, tool=tool,
+        duration_s=duration_s, tool=tool, headers=headers,
     )  # fmt: skip
     cpu = watch.stop()
     return {
@@ -64,13 +73,13 @@ def _measure(
 
 
 def _jobs_round(server: ServerProcess, data_dir: Any, duration_s: float, tool: str) -> dict[str, Any]:
-    before = job_counts(server.port)
+    before = job_counts(server)
     since_ms = int(time.time() * 1000)
     watch = CpuWatch(server.pid).start()
-    submit = _measure(server, "/api/v1/jobs", duration_s=duration_s, tool=tool, body=JOB_BODY)
+    submit = _measure(server, "/api/v1/jobs", duration_s=duration_s, tool=tool, body=JOB_BODY, headers=server.headers)
     submitted_at = time.monotonic()
-    backlog = job_counts(server.port, ("pending",))["pending"]  # submits outrunning the executor pile up here
-    after = wait_until_idle(server.port, timeout_s=max(60.0, duration_s * 10))
+    backlog = job_counts(server, ("pending",))["pending"]  # submits outrunning the executor pile up here
+    after = wait_until_idle(server, timeout_s=max(60.0, duration_s * 10))
     drain_s = time.monotonic() - submitted_at
     cpu = watch.stop()
     span = job_span(data_dir, since_ms)
@@ -98,24 +107,24 @@ def _sustained(server: ServerProcess, data_dir: Any, duration_s: float, tool: st
     thread = threading.Thread(
         target=lambda: loads.append(
             run_load(server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, connections=CONNECTIONS,
-                     duration_s=duration_s, tool=tool)
+                     duration_s=duration_s, tool=tool, headers=server.headers)
         )
     )  # fmt: skip
     started = time.monotonic()
     thread.start()
     samples = []
-    previous = job_counts(server.port, ("succeeded", "failed"))
+    previous = job_counts(server, ("succeeded", "failed"))
     step = duration_s / windows
     for i in range(1, windows + 1):
         time.sleep(max(0.0, started + i * step - time.monotonic()))
-        counts = job_counts(server.port, ("pending", "succeeded", "failed"))
+        counts = job_counts(server, ("pending", "succeeded", "failed"))
         done = counts["succeeded"] + counts["failed"] - previous["succeeded"] - previous["failed"]
         samples.append(
             {"at_s": time.monotonic() - started, "pending": counts["pending"], "finished_per_s": done / step}
         )
         previous = counts
     thread.join(timeout=duration_s + 120)
-    wait_until_idle(server.port, timeout_s=max(120.0, duration_s * 10))
+    wait_until_idle(server, timeout_s=max(120.0, duration_s * 10))
     span = job_span(data_dir, since_ms)
     return {
         "duration_s": duration_s,
@@ -146,9 +155,16 @@ def run(duration_s: float = 4.0, rounds: int = 5, tool: str = "auto", sustained_
         run_load(hello.port, "/echo", method="POST", body=JOB_BODY, connections=CONNECTIONS, duration_s=1, tool=tool)
         run_load(server.port, "/api/v1/health", connections=CONNECTIONS, duration_s=1, tool=tool)
         run_load(
-            server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, connections=CONNECTIONS, duration_s=1, tool=tool
+            server.port,
+            "/api/v1/jobs",
+            method="POST",
+            body=JOB_BODY,
+            connections=CONNECTIONS,
+            duration_s=1,
+            tool=tool,
+            headers=server.headers,
         )
-        wait_until_idle(server.port, timeout_s=60)
+        wait_until_idle(server, timeout_s=60)
         for _ in range(rounds):
             figures["hello"].append(_measure(hello, "/hello", duration_s=duration_s, tool=tool))
             figures["echo"].append(_measure(hello, "/echo", duration_s=duration_s, tool=tool, body=JOB_BODY))

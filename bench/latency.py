@@ -3,7 +3,8 @@
 The client is this process (one keep-alive connection over raw asyncio streams), the server a real
 `conveyor serve` subprocess. After a warm-up, N jobs of the demo `greeting` recipe are run one after the
 other; for each, the time from sending the submit to reading a 200 from `GET /api/v1/jobs/{id}/result`
-(polled every `--poll-ms`, 0.5 ms by default) and the time of the submit alone.
+(polled every `--poll-ms`, 0.5 ms by default) and the time of the submit alone. Both requests carry the
+server's bearer token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from common import JOB_BODY, conveyor_server, json_out, percentile, table
@@ -23,9 +25,10 @@ MAX_POLLS = 20_000  # per job: a job that never finishes stops the run instead o
 REQUEST_TIMEOUT_S = 10.0  # a server that stops answering stops the run too
 
 
-async def measure(port: int, jobs: int, warmup: int, poll_s: float) -> dict[str, Any]:
+async def measure(port: int, headers: Mapping[str, str], jobs: int, warmup: int, poll_s: float) -> dict[str, Any]:
+    """Runs `warmup + jobs` jobs one after the other; p50/p99 of the last `jobs` (`headers` on every request)."""
     conn = await RawConnection.open(port)
-    submit_raw = RawConnection.build("POST", "/api/v1/jobs", JOB_BODY)
+    submit_raw = RawConnection.build("POST", "/api/v1/jobs", JOB_BODY, headers)
     end_to_end: list[float] = []
     submits: list[float] = []
     polls: list[int] = []
@@ -37,7 +40,7 @@ async def measure(port: int, jobs: int, warmup: int, poll_s: float) -> dict[str,
             submitted = time.perf_counter()
             if status != 202:
                 raise RuntimeError(f"submit answered {status}: {body[:300]!r}")
-            result_raw = RawConnection.build("GET", f"/api/v1/jobs/{json.loads(body)['id']}/result")
+            result_raw = RawConnection.build("GET", f"/api/v1/jobs/{json.loads(body)['id']}/result", headers=headers)
             for count in range(1, MAX_POLLS + 1):  # noqa: B007 (kept: the polls it took)
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     status, body = await conn.send(result_raw)
@@ -73,7 +76,7 @@ async def measure(port: int, jobs: int, warmup: int, poll_s: float) -> dict[str,
 
 def run(jobs: int = 500, warmup: int = 50, poll_ms: float = 0.5) -> dict[str, Any]:
     with conveyor_server() as (server, _), asyncio.Runner(loop_factory=new_event_loop) as runner:
-        figures = runner.run(measure(server.port, jobs, warmup, poll_ms / 1000))
+        figures = runner.run(measure(server.port, server.headers, jobs, warmup, poll_ms / 1000))
     figures["passed"] = figures["end_to_end_p50_ms"] <= TARGET_P50_MS
     return figures
 

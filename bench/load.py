@@ -1,7 +1,8 @@
 """HTTP load for the benchmarks: wrk when it is installed, else `loadgen.py`, always in a process of its own.
 
 Also the minimal keep-alive HTTP/1.1 client `loadgen.py` and the latency benchmark use, and the event loop
-they run on. Every run is bounded in time; every address is loopback.
+they run on. Every run is bounded in time; every address is loopback. `headers` (e.g. a server's bearer token,
+`ServerProcess.headers`) go on every request of a run, whichever tool sends it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,24 +91,55 @@ def run_load(
     connections: int = 16,
     duration_s: float = 10.0,
     tool: str = "auto",
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Drives `connections` keep-alive connections at `path` for `duration_s` from a separate process."""
     if tool == "wrk" or (tool == "auto" and wrk_path()):
-        return _run_wrk(port, path, method=method, body=body, connections=connections, duration_s=duration_s)
-    return run_loadgen(port, path, method=method, body=body, connections=connections, duration_s=duration_s)
+        return _run_wrk(
+            port, path, method=method, body=body, connections=connections, duration_s=duration_s, headers=headers
+        )
+    return run_loadgen(
+        port, path, method=method, body=body, connections=connections, duration_s=duration_s, headers=headers
+    )
+
+
+def lua_string(data: bytes | str) -> str:
+    """`data` as a Lua string literal: printable ASCII as is, `"` and `\\` escaped, any other byte as `\\ddd`.
+
+    Decimal escapes are valid in every Lua (wrk runs LuaJIT, which has no `\\u`), so any body fits.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    return '"' + "".join(_LUA_BYTES[b] for b in raw) + '"'
+
+
+_LUA_BYTES = ["\\" + chr(b) if chr(b) in '"\\' else chr(b) if 32 <= b < 127 else f"\\{b:03d}" for b in range(256)]
+
+
+def wrk_script(method: str, body: bytes | None, headers: Mapping[str, str] | None) -> str:
+    """The Lua script that makes wrk send `method` with `body` and `headers`, and print a `BENCH {json}` line."""
+    script = f"wrk.method = {lua_string(method)}\n"
+    if body is not None:
+        script += f"wrk.body = {lua_string(body)}\n"
+        script += 'wrk.headers["Content-Type"] = "application/json"\n'
+    for name, value in (headers or {}).items():
+        script += f"wrk.headers[{lua_string(name)}] = {lua_string(value)}\n"
+    return script + WRK_DONE
 
 
 def _run_wrk(
-    port: int, path: str, *, method: str, body: bytes | None, connections: int, duration_s: float
+    port: int,
+    path: str,
+    *,
+    method: str,
+    body: bytes | None,
+    connections: int,
+    duration_s: float,
+    headers: Mapping[str, str] | None,
 ) -> LoadResult:
     wrk = wrk_path()
     if wrk is None:
         raise RuntimeError("wrk is not installed")
-    script = f'wrk.method = "{method}"\n'
-    if body is not None:
-        script += f"wrk.body = {json.dumps(body.decode())}\n"  # a JSON string is a valid Lua string here
-        script += 'wrk.headers["Content-Type"] = "application/json"\n'
-    script += WRK_DONE
+    script = wrk_script(method, body, headers)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
@@ -140,6 +173,7 @@ def run_loadgen(
     connections: int = 16,
     duration_s: float = 0.0,
     count: int = 0,
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Our own load generator (`loadgen.py`) in a separate process: by duration, or until `count` requests."""
     spec = {
@@ -147,6 +181,7 @@ def run_loadgen(
         "path": path,
         "method": method,
         "body": None if body is None else body.decode(),
+        "headers": dict(headers or {}),
         "connections": connections,
         "duration_s": duration_s,
         "count": count,
@@ -184,9 +219,13 @@ class RawConnection:
         return cls(reader, writer)
 
     @staticmethod
-    def build(method: str, path: str, body: bytes | None = None) -> bytes:
+    def build(method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> bytes:
         """The bytes of one request (built once per kind of request by callers that repeat it)."""
         head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n"
+        for name, value in (headers or {}).items():
+            if "\r" in name + value or "\n" in name + value:
+                raise ValueError(f"header {name!r} has a line break")
+            head += f"{name}: {value}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         return (head + "\r\n").encode() + (body or b"")

@@ -12,7 +12,7 @@ import argparse
 import time
 from typing import Any
 
-from common import JOB_BODY, conveyor_server, json_out, table, wait_until_idle
+from common import JOB_BODY, ServerProcess, conveyor_server, json_out, table, wait_until_idle
 from load import run_loadgen
 
 TARGET_IDLE_MB = 100.0
@@ -20,11 +20,16 @@ TARGET_GROWTH_MB = 10.0
 MB = 1024 * 1024
 
 
-def _submit(port: int, count: int) -> None:
-    result = run_loadgen(port, "/api/v1/jobs", method="POST", body=JOB_BODY, connections=16, count=count)
+def _submit(server: ServerProcess, count: int) -> None:
+    """Submits `count` jobs over 16 connections (with the server's token) and waits until all are terminal."""
+    result = run_loadgen(
+        server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, connections=16, count=count, headers=server.headers
+    )
     if result.non2xx or result.errors:
-        raise RuntimeError(f"submitting {count} jobs: {result.non2xx} non-2xx, {result.errors} errors")
-    counts = wait_until_idle(port, timeout_s=180)
+        raise RuntimeError(
+            f"submitting {count} jobs: {result.non2xx} non-2xx {result.statuses}, {result.errors} errors"
+        )
+    counts = wait_until_idle(server, timeout_s=180)
     if counts["pending"] or counts["running"]:
         raise RuntimeError(f"jobs did not finish: {counts}")
     time.sleep(1.0)  # let the executor's event writes and the allocator settle
@@ -33,11 +38,11 @@ def _submit(port: int, count: int) -> None:
 def run(jobs: int = 10_000, warmup: int = 200, batches: int = 2) -> dict[str, Any]:
     with conveyor_server() as (server, _):
         started = server.rss_bytes() / MB
-        _submit(server.port, warmup)
+        _submit(server, warmup)
         idle = server.rss_bytes() / MB
         after = []
         for _ in range(batches):
-            _submit(server.port, jobs)
+            _submit(server, jobs)
             after.append(server.rss_bytes() / MB)
     growth = after[0] - idle
     return {

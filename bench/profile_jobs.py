@@ -30,15 +30,21 @@ def unprofiled_cpu(duration_s: float, tool: str) -> dict[str, float]:
     """Server CPU µs per health request and per job, and the rates, without the profiler."""
     figures = {}
     with conveyor_server() as (server, _):
-        run_load(server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, duration_s=1, tool=tool)
-        wait_until_idle(server.port, 60)
-        for name, method, path, body in (
-            ("health", "GET", "/api/v1/health", None),
-            ("job", "POST", "/api/v1/jobs", JOB_BODY),
+        run_load(
+            server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, duration_s=1, tool=tool, headers=server.headers
+        )
+        wait_until_idle(server, 60)
+        for name, method, path, body, headers in (
+            ("health", "GET", "/api/v1/health", None, {}),  # health takes no token
+            ("job", "POST", "/api/v1/jobs", JOB_BODY, server.headers),
         ):
             watch = CpuWatch(server.pid).start()
-            load = run_load(server.port, path, method=method, body=body, duration_s=duration_s, tool=tool)
-            wait_until_idle(server.port, 120)
+            load = run_load(
+                server.port, path, method=method, body=body, duration_s=duration_s, tool=tool, headers=headers
+            )
+            if load.non2xx or load.errors:
+                raise RuntimeError(f"{name} load: {load.non2xx} non-2xx {load.statuses}, {load.errors} errors")
+            wait_until_idle(server, 120)
             cpu = watch.stop()
             figures[f"{name}_cpu_us"] = cpu["server_s"] / max(load.requests, 1) * 1e6
             figures[f"{name}_cpu_share"] = cpu["server_s"] / cpu["wall_s"]
@@ -50,13 +56,23 @@ def unprofiled_cpu(duration_s: float, tool: str) -> dict[str, float]:
 def profile(duration_s: float, tool: str, out: Path) -> int:
     """Runs the jobs load against a profiled server; returns how many jobs ran while profiling."""
     with conveyor_server(profile_to=out) as (server, _):
-        run_load(server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, duration_s=1, tool=tool)
-        wait_until_idle(server.port, 60)
-        before = sum(job_counts(server.port).values())
+        run_load(
+            server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, duration_s=1, tool=tool, headers=server.headers
+        )
+        wait_until_idle(server, 60)
+        before = sum(job_counts(server).values())
         os.kill(server.pid, signal.SIGUSR1)
-        run_load(server.port, "/api/v1/jobs", method="POST", body=JOB_BODY, duration_s=duration_s, tool=tool)
-        wait_until_idle(server.port, 120)
-        jobs = sum(job_counts(server.port).values()) - before
+        run_load(
+            server.port,
+            "/api/v1/jobs",
+            method="POST",
+            body=JOB_BODY,
+            duration_s=duration_s,
+            tool=tool,
+            headers=server.headers,
+        )
+        wait_until_idle(server, 120)
+        jobs = sum(job_counts(server).values()) - before
         os.kill(server.pid, signal.SIGUSR2)
         deadline = time.monotonic() + 30
         while not out.exists() and time.monotonic() < deadline:

@@ -57,6 +57,11 @@ also runs on its own and prints its table (`.venv/bin/python bench/latency.py --
   after 10,000 and 20,000 more jobs (16 connections from `loadgen.py`), each read once every job is
   terminal. Growth = after 10,000 minus idle; the second batch tells warm-up growth from a leak.
 
+Every request to a protected Conveyor route (all but health) carries `Authorization: Bearer <jwt>`, a
+`manage all` token minted once per server with `python -m conveyor token manage all 86400000` in the server's
+environment; so the jobs figures include checking that token on each request. Health and the hello-world app
+are sent no token.
+
 Figures move ±20-30 % between runs on a small virtual machine, even with no other process running in it
 (the host is shared): compare ratios from one run, not absolute figures across days; the team's
 `PERFORMANCE.md` has the measured ceilings of this class of machine. To see where a job's CPU goes,

@@ -11,7 +11,7 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,36 @@ class LiveServer:
     def runtime(self) -> Any:
         return self.app.state.runtime
 
+    async def token(
+        self,
+        user: str | None = None,
+        *,
+        action: str = "manage",
+        subject: str = "all",
+        recipes: Sequence[str] = (),
+        expires_in_ms: int = 3_600_000,
+    ) -> str:
+        """A real token from the server's own auth service; `user` is created (not admin) when missing."""
+        from conveyor.auth.tokens import make_scope
+        from conveyor.errors import NotFoundError
+
+        auth = self.runtime.auth
+        name = user or self.settings.auth.admin_name
+        try:
+            row = await auth.get_user(name)
+        except NotFoundError:
+            row = await auth.create_user(name)
+        issued = await auth.issue_token(row, [make_scope(action, subject, recipes)], expires_in_ms)
+        return str(issued.token)
+
+    async def authed_client(self, token: str | None = None, **kwargs: Any) -> Any:
+        """An httpx client that sends `token` (default: an admin `manage all` token); close it (`async with`)."""
+        import httpx
+
+        token = token or await self.token()
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+
 
 @pytest.fixture
 async def server(make_settings: Any) -> AsyncIterator[LiveServer]:
@@ -159,5 +189,9 @@ async def server(make_settings: Any) -> AsyncIterator[LiveServer]:
 async def client(server: LiveServer) -> AsyncIterator[Any]:
     import httpx
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+    # The admin with a `manage all` token: the tests of the native API before auth existed act as the admin.
+    token = await server.token()
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
         yield http

@@ -74,8 +74,16 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+    def token(self, *args: str) -> str:
+        """A token made by `conveyor token` on this server's data directory (default: admin, `manage all`)."""
+        argv = [sys.executable, "-m", "conveyor", "token", *(args or ("manage", "all", "3600000"))]
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        """A client sending `token` (default: a fresh admin `manage all` token)."""
+        headers = {"Authorization": f"Bearer {token or self.token()}"}
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -19,6 +19,8 @@ from conveyor.settings import Settings
 app = typer.Typer(help="Conveyor: runs AI recipes as durable jobs behind a REST API.", no_args_is_help=True)
 recipes_app = typer.Typer(help="Manage recipes in the store.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -52,6 +54,7 @@ def serve(
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _check_secret(settings)
     _migrate_in_child(settings.database_url)
     console.print(f"Conveyor serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
     uvicorn.run(
@@ -78,6 +81,17 @@ def _migrate_in_child(database_url: str) -> None:
         raise typer.Exit(done.returncode)
 
 
+def _check_secret(settings: Settings) -> None:
+    """Stops with a clear message, not a traceback, when the JWT signing secret cannot be used."""
+    from conveyor.auth.secret import SecretConfigError, load_signing_secret
+
+    try:
+        load_signing_secret(settings.auth.jwt_secret.get_secret_value(), settings.data_dir)
+    except SecretConfigError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(2) from None
+
+
 def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -90,6 +104,7 @@ def _with_runtime(work: Callable[[Any], Awaitable[T]]) -> T:
     from conveyor.store.migrate import upgrade
 
     settings = _settings()
+    _check_secret(settings)
     upgrade(settings.database_url)
 
     async def main() -> T:
@@ -191,14 +206,19 @@ def run(
     inputs: list[str] = typer.Option([], "--input", "-i", help="name=value, or name=@file to upload a file."),
     server: str | None = typer.Option(None, help="Server URL (default http://CONVEYOR_HOST:CONVEYOR_PORT)."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the job."),
+    token: str | None = typer.Option(
+        None, envvar="CONVEYOR_TOKEN", help="Bearer token (default: a 1-hour exec token of the admin, made here)."
+    ),
 ) -> None:
     """Submits a job to a running server, shows node progress live, and prints the outputs."""
     from conveyor.run_client import run_recipe
 
     settings = _settings()
     url = server or os.environ.get("CONVEYOR_URL") or f"http://{settings.host}:{settings.port}"
+    if not token:
+        token = _local_token(settings, timeout)
     try:
-        ok = asyncio.run(run_recipe(url, recipe, inputs, timeout_s=timeout, console=console))
+        ok = asyncio.run(run_recipe(url, recipe, inputs, token=token, timeout_s=timeout, console=console))
     except httpx.HTTPError as exc:
         _print_error(f"cannot reach the server at {url}: {exc}")
         raise typer.Exit(2) from None
@@ -207,6 +227,109 @@ def run(
         raise typer.Exit(1) from None
     if not ok:
         raise typer.Exit(1)
+
+
+def _local_token(settings: Settings, timeout_s: float) -> str:
+    """An exec token of the admin, made from this machine's store (for `run` against a local server)."""
+    from conveyor.auth.tokens import make_scope
+
+    async def work(rt: Any) -> str:
+        admin = await rt.auth.get_user(settings.auth.admin_name)
+        ttl_ms = int(max(timeout_s, 0) * 1000) + 3_600_000
+        issued = await rt.auth.issue_token(admin, [make_scope("exec", "Workflow")], ttl_ms)
+        return str(issued.token)
+
+    return _with_runtime(work)
+
+
+@users_app.command("create")
+def users_create(
+    name: str = typer.Argument(..., help="User name (unique)."),
+    admin: bool = typer.Option(False, "--admin", help="Make the user an admin."),
+    email: str | None = typer.Option(None, help="Email address."),
+    org: str | None = typer.Option(None, help="Organization (created if missing)."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+) -> None:
+    """Creates a user; without --password-stdin the user can only get tokens from `conveyor token`."""
+    import sys
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+
+    async def work(rt: Any) -> None:
+        row = await rt.auth.create_user(name, password=password, is_admin=admin, email=email, org=org)
+        console.print(f"created user {row['name']} ({row['id']})")
+
+    _with_runtime(work)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Lists users."""
+    from rich.table import Table
+
+    async def work(rt: Any) -> None:
+        table = Table("id", "name", "admin", "disabled", "org", "email")
+        for row in await rt.auth.list_users():
+            table.add_row(
+                row["id"], row["name"], "yes" if row["is_admin"] else "", "yes" if row["disabled"] else "",
+                row["org"] or "", row["email"] or "",
+            )  # fmt: skip
+        console.print(table)
+
+    _with_runtime(work)
+
+
+@users_app.command("disable")
+def users_disable(user: str = typer.Argument(..., help="User name or id.")) -> None:
+    """Disables a user: every token of theirs stops working at once."""
+    _with_runtime(lambda rt: _set_disabled(rt, user, True))
+
+
+@users_app.command("enable")
+def users_enable(user: str = typer.Argument(..., help="User name or id.")) -> None:
+    """Enables a disabled user again."""
+    _with_runtime(lambda rt: _set_disabled(rt, user, False))
+
+
+async def _set_disabled(rt: Any, user: str, disabled: bool) -> None:
+    row = await rt.auth.set_disabled(user, disabled)
+    console.print(f"user {row['name']} is {'disabled' if row['disabled'] else 'enabled'}")
+
+
+@app.command()
+def token(
+    action: str = typer.Argument(..., help="e.g. `exec` to run recipes, `manage` for everything; `revoke` revokes."),
+    subject: str = typer.Argument(..., help="e.g. `Workflow` or `all`; for `revoke`, the tokenId."),
+    expires_in: int | None = typer.Argument(None, help="Lifetime in milliseconds (as Omnitool's generateJwtToken)."),
+    recipes: list[str] | None = typer.Argument(None, help="Recipe ids the token is limited to."),
+    user: str | None = typer.Option(None, "--user", help="Issuing user (default: the admin)."),
+) -> None:
+    """Omnitool's `/generateJwtToken <action> <subject> <expires_in_ms> [recipe_id…]`: prints the JWT last.
+
+    `conveyor token revoke <tokenId>` revokes one.
+    """
+    if action == "revoke":
+        _with_runtime(lambda rt: _revoke(rt, subject))
+        return
+    if expires_in is None:
+        _print_error("expires_in (milliseconds) is required, e.g. `conveyor token exec Workflow 3600000`")
+        raise typer.Exit(2)
+    settings = _settings()
+
+    async def work(rt: Any) -> None:
+        from conveyor.auth.tokens import make_scope
+
+        issuer = await rt.auth.get_user(user or settings.auth.admin_name)
+        issued = await rt.auth.issue_token(issuer, [make_scope(action, subject, recipes or [])], expires_in)
+        err_console.print(f"tokenId {issued.token_id} for {issuer['name']}, expires at {issued.expires_at_ms} ms")
+        print(issued.token)  # alone on the last line, for scripts
+
+    _with_runtime(work)
+
+
+async def _revoke(rt: Any, token_id: str) -> None:
+    await rt.auth.revoke_token(token_id)
+    console.print(f"revoked token {token_id}")
 
 
 def main() -> None:

@@ -103,3 +103,17 @@ class OutboundFailedError(ConveyorError):
 
     status = 502
     code = "outbound_failed"
+
+
+class UnauthorizedError(ConveyorError):
+    """No credentials, or credentials that are not valid (expired, tampered, revoked); the API answers 401."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ConveyorError):
+    """Valid credentials whose scope does not allow this; the API answers 403."""
+
+    status = 403
+    code = "forbidden"

@@ -79,9 +79,12 @@ async def _build_inputs(client: httpx.AsyncClient, fields: dict[str, Any], pairs
     return inputs
 
 
-async def run_recipe(url: str, recipe: str, pairs: list[str], *, timeout_s: float, console: Console) -> bool:
+async def run_recipe(
+    url: str, recipe: str, pairs: list[str], *, token: str, timeout_s: float, console: Console
+) -> bool:
     """Runs `recipe` on the server at `url`; prints progress and outputs; True when the job succeeded."""
-    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=headers) as client:
         response = await client.get(f"/api/v1/recipes/{recipe}")
         if response.status_code != 200:
             raise _api_error(response)

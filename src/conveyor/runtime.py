@@ -10,6 +10,9 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from conveyor.auth.secret import load_signing_secret
+from conveyor.auth.service import AuthService
+from conveyor.auth.tokens import TokenCodec
 from conveyor.blocks import default_registry
 from conveyor.blocks.base import BlockRegistry
 from conveyor.engine.runner import Engine
@@ -38,6 +41,7 @@ class Runtime:
     jobs: JobService
     engine: Engine
     executor: LocalExecutor | None
+    auth: AuthService
 
 
 @contextlib.asynccontextmanager
@@ -49,8 +53,14 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
             busy_timeout_ms=settings.database.busy_timeout_ms,
             pool_size=settings.database.pool_size,
         )
+        secret = load_signing_secret(settings.auth.jwt_secret.get_secret_value(), settings.data_dir)
         await db.connect()
         stack.push_async_callback(db.close)
+        codec = TokenCodec(secret, issuer=settings.auth.issuer, audience=settings.auth.audience)
+        auth = AuthService(db, codec, max_token_ttl_s=settings.auth.max_token_ttl_s)
+        await auth.ensure_admin(
+            settings.auth.admin_name, settings.auth.admin_password.get_secret_value(), settings.data_dir
+        )
         http = GuardedClient(settings.net)
         stack.push_async_callback(http.aclose)
         blobs = LocalBlobStore(settings.files_path)
@@ -75,4 +85,4 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
             )
             await executor.start()
             stack.push_async_callback(executor.stop)
-        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor)
+        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor, auth)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -98,6 +98,27 @@ class NetSettings(BaseModel):
         return value
 
 
+class AuthSettings(BaseModel):
+    """Users and the JWTs they call the API with."""
+
+    jwt_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HS256 signing secret, at least 32 bytes. Empty: generated on first start into "
+        "`<data_dir>/jwt-secret` (mode 0600). Every process of one deployment must share it.",
+    )
+    issuer: str = Field(default="conveyor", min_length=1, max_length=200, description="The tokens' `iss` claim.")
+    audience: str = Field(default="conveyor", min_length=1, max_length=200, description="The tokens' `aud` claim.")
+    admin_name: str = Field(default="admin", min_length=1, max_length=200, description="The admin created on first start.")
+    admin_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="The first admin's password. Empty: a random one is written to "
+        "`<data_dir>/initial-admin-password` (mode 0600).",
+    )
+    max_token_ttl_s: int = Field(
+        default=366 * 24 * 3600, ge=60, description="Longest lifetime a token may be issued with."
+    )
+
+
 class Settings(BaseSettings):
     """Conveyor's settings (`CONVEYOR_` prefix, `__` between section and field)."""
 
@@ -120,6 +141,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     net: NetSettings = Field(default_factory=NetSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def database_url(self) -> str:

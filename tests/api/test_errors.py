@@ -62,7 +62,7 @@ async def test_body_over_the_limit_is_413(make_settings: Any) -> None:
 
     async with (
         LiveServer(make_settings(limits={"max_body_bytes": 2048})) as live,
-        httpx.AsyncClient(base_url=live.url) as client,
+        await live.authed_client() as client,
     ):
         big = {"recipe": "greeting", "inputs": {"text": "x" * 5000}}
         assert_error(await client.post("/api/v1/jobs", json=big), 413, "payload_too_large")

@@ -45,7 +45,7 @@ async def test_upload_over_the_limit_is_413_and_stores_nothing(make_settings: An
     from tests.conftest import LiveServer
 
     async with LiveServer(make_settings(limits={"max_upload_bytes": 4096})) as live:
-        async with httpx.AsyncClient(base_url=live.url) as client:
+        async with await live.authed_client() as client:
             response = await client.post("/api/v1/files", files={"file": ("big.bin", b"x" * 10_000)})
             assert_error(response, 413, "payload_too_large")
         rows = await live.runtime.db.fetch_val("SELECT COUNT(*) FROM files")

@@ -73,7 +73,7 @@ async def test_full_queue_answers_429_with_retry_after(make_settings: Any) -> No
     from tests.conftest import LiveServer
 
     settings = make_settings(limits={"max_pending_jobs": 2}, executor={"concurrency": 1})
-    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url) as client:
+    async with LiveServer(settings) as live, await live.authed_client() as client:
         slow = {"recipe": "two-branches", "inputs": {"text": "x"}}
         codes = [(await client.post("/api/v1/jobs", json=slow)).status_code for _ in range(6)]
         assert 429 in codes
@@ -242,7 +242,7 @@ async def test_events_keep_their_order_when_outputs_are_spilled(make_settings: A
         },
     }
     async with LiveServer(make_settings(files={"inline_value_max_bytes": 1024})) as live:
-        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        async with await live.authed_client() as client:
             created = (await client.post("/api/v1/recipes", json=recipe)).json()
             big = "y" * 5000
             job = (await client.post("/api/v1/jobs", json={"recipe": created["id"], "inputs": {"text": big}})).json()

@@ -261,7 +261,7 @@ async def test_a_recipe_that_runs_itself_many_times_is_stopped_by_the_node_budge
     nodes["out"] = {"block": "recipe_output", "inputs": {f"o{i}": f"r{i}.text" for i in range(10)}}
     fan = compile_recipe({"name": "fan", "nodes": nodes}, registry)
 
-    async def load(ref: str) -> Any:
+    async def load(ref: str, viewer: str | None) -> Any:
         return fan
 
     limits = LimitsSettings(max_node_runs=300, max_recipe_depth=5)

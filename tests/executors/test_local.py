@@ -98,7 +98,7 @@ async def test_jobs_claimed_during_a_renewal_are_not_taken_for_lost(make_setting
     from tests.conftest import LiveServer
 
     settings = make_settings(executor={"renew_interval_s": 0.02, "lease_s": 2.0, "concurrency": 8})
-    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+    async with LiveServer(settings) as live, await live.authed_client() as client:
         body = {"recipe": "greeting", "inputs": {"text": "x"}}
         ids = []
         for _ in range(10):

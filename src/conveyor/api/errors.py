@@ -44,6 +44,8 @@ def error_response(
 async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError) else None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
     if exc.status >= 500:
         log.error("request failed: %s %s: %s", request.method, request.url.path, exc.code)
     return error_response(exc.status, exc.code, exc.message, exc.details, headers)

@@ -9,7 +9,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
+from conveyor.api.auth import principal
 from conveyor.api.deps import path_id, runtime
+from conveyor.auth.principal import Principal
 from conveyor.errors import BadRequestError
 from conveyor.runtime import Runtime
 
@@ -45,13 +47,16 @@ def content_disposition(disposition: str, name: str) -> str:
 
 
 @router.post("/api/v1/files", status_code=201, summary="Upload files (multipart, field `file`)")
-async def upload_files(file: list[UploadFile], rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def upload_files(
+    file: list[UploadFile], rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
     if len(file) > MAX_FILES_PER_UPLOAD:
         raise BadRequestError(f"at most {MAX_FILES_PER_UPLOAD} files per upload")
+    files = rt.files.bind(user_id=me.user_id, job_id=None)
     items = []
     for upload in file:
         try:
-            ref = await rt.files.save_stream(
+            ref = await files.save_stream(
                 _chunks(upload), name=upload.filename or "file", mime=upload.content_type or ""
             )
         finally:
@@ -61,11 +66,14 @@ async def upload_files(file: list[UploadFile], rt: Runtime = Depends(runtime)) -
 
 
 @router.get("/api/v1/files/{fid}", summary="Download a file (streamed)")
-async def download_file(fid: str, rt: Runtime = Depends(runtime), download: bool = Query(False)) -> StreamingResponse:
-    ref = await rt.files.describe(path_id("file", fid))
+async def download_file(
+    fid: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal), download: bool = Query(False)
+) -> StreamingResponse:
+    files = rt.files.bind(user_id=me.user_id, job_id=None)  # another user's file is not found (404)
+    ref = await files.describe(path_id("file", fid))
     disposition = "inline" if not download and is_inline_safe(ref["mime"]) else "attachment"
     return StreamingResponse(
-        rt.files.open(ref["fid"]),
+        files.open(ref["fid"]),
         media_type=ref["mime"],
         headers={
             "Content-Length": str(ref["size"]),

@@ -12,7 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from conveyor.api.auth import principal
 from conveyor.api.deps import decode_cursor, iso, json_response, page, parse_event_id, path_id, runtime
+from conveyor.auth.principal import Principal
 from conveyor.errors import NotFoundError, ValidationError
 from conveyor.jobs import queries
 from conveyor.jobs.inputs import prepare_inputs
@@ -115,47 +117,83 @@ async def submit_job(request: Request) -> Response:
     # The hot path: the body is validated by pydantic straight from its bytes, without FastAPI's dependency
     # and body machinery, which cost about twice the rest of a submit (bench/profile_jobs.py).
     rt: Runtime = request.app.state.runtime
+    me = await principal(request)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None:
         if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise ValidationError(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
         # A used key answers with its first job whatever this body is: looked up before the body is read,
-        # so a retry is never refused for a recipe deleted or an input changed since. Callers are anonymous
-        # (scope "") until there are users.
-        existing = await queries.read_job_by_key(rt.db, "", idempotency_key)
+        # so a retry is never refused for a recipe deleted or an input changed since. Keys are per user.
+        existing = await queries.read_job_by_key(rt.db, me.user_id, idempotency_key)
         if existing is not None:
             return json_response(job_summary(existing), 200)
     body = JobCreate.model_validate_json(await request.body())
-    recipe, graph = await rt.recipes.resolve(body.recipe, body.revision)
-    inputs = await prepare_inputs(graph.contract, body.inputs, rt.files)
+    job, created = await submit_for(
+        rt,
+        me,
+        body.recipe,
+        body.inputs,
+        revision=body.revision,
+        priority=body.priority,
+        idempotency_key=idempotency_key,
+    )
+    return json_response(job_summary(job), 202 if created else 200)
+
+
+async def submit_for(
+    rt: Runtime,
+    me: Principal,
+    recipe_ref: str,
+    raw_inputs: Any,
+    *,
+    revision: int | None = None,
+    priority: int = 0,
+    idempotency_key: str | None = None,
+) -> tuple[Row, bool]:
+    """Submits a job of a recipe the caller sees and may run, as the caller; every dialect's submit ends here."""
+    recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
+    me.require_run(recipe["id"])
+    inputs = await prepare_inputs(graph.contract, raw_inputs, rt.files.bind(user_id=me.user_id, job_id=None))
     job, created = await rt.jobs.submit(
         recipe_id=recipe["id"],
-        revision=body.revision or recipe["latest_revision"],
+        revision=revision or recipe["latest_revision"],
         inputs=inputs,
         timeout_s=graph.doc.timeout_s or rt.settings.limits.job_timeout_s,
         on_interrupt=graph.doc.on_interrupt,
         idempotency_key=idempotency_key,
-        priority=body.priority,
+        priority=priority,
+        user_id=me.user_id,
     )
     if created and rt.executor is not None:
         rt.executor.notify()
-    return json_response(job_summary(job), 202 if created else 200)
+    return job, created
+
+
+async def own_job(rt: Runtime, me: Principal, job_id: str) -> Row:
+    """The caller's job; another user's is as unknown as a missing one (404), so ids reveal nothing."""
+    job = await rt.jobs.get(path_id("job", job_id))
+    if job["user_id"] != me.user_id:
+        raise NotFoundError("job", job_id)
+    return job
 
 
 @router.get("/api/v1/jobs", summary="List jobs")
 async def list_jobs(
     rt: Runtime = Depends(runtime),
+    me: Principal = Depends(principal),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=200),
     state: JobStateName | None = Query(None),
     recipe: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    recipe_id = await _recipe_filter(rt, recipe) if recipe else None
-    rows, total = await rt.jobs.list(limit=limit, state=state, recipe_id=recipe_id, after=decode_cursor(cursor))
+    recipe_id = await _recipe_filter(rt, me, recipe) if recipe else None
+    rows, total = await rt.jobs.list(
+        limit=limit, state=state, recipe_id=recipe_id, user_id=me.user_id, after=decode_cursor(cursor)
+    )
     return page([job_summary(row) for row in rows], rows, total, limit)
 
 
-async def _recipe_filter(rt: Runtime, ref: str) -> str:
+async def _recipe_filter(rt: Runtime, me: Principal, ref: str) -> str:
     """The recipe id a list filters on: a live recipe's id or name, else the value itself as an id.
 
     A deleted recipe is not found by id or name, but its jobs stay and are listed by its id.
@@ -163,7 +201,7 @@ async def _recipe_filter(rt: Runtime, ref: str) -> str:
     if "\x00" in ref:
         raise ValidationError("recipe must not contain NUL characters")
     try:
-        row = await rt.recipes.get(ref)
+        row = await rt.recipes.get(ref, viewer=me.user_id)
     except NotFoundError:
         return ref
     recipe_id: str = row["id"]
@@ -171,8 +209,8 @@ async def _recipe_filter(rt: Runtime, ref: str) -> str:
 
 
 @router.get("/api/v1/jobs/{job_id}", summary="Read a job: state, timings per node, error, usage")
-async def read_job(job_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    job = await rt.jobs.get(path_id("job", job_id))
+async def read_job(job_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> dict[str, Any]:
+    job = await own_job(rt, me, job_id)
     events = await rt.jobs.events(job_id, limit=10_000)
     usage = orjson.loads(job["usage"]) if job["usage"] else {}
     return job_summary(job) | {"nodes": node_timings(events, usage.get("by_node", {}))}
@@ -204,8 +242,8 @@ def node_timings(events: list[Row], usage_by_node: dict[str, Any]) -> dict[str, 
 
 
 @router.get("/api/v1/jobs/{job_id}/result", summary="A job's outputs (202 while it runs)")
-async def read_result(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
-    job = await rt.jobs.get(path_id("job", job_id))
+async def read_result(job_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> Response:
+    job = await own_job(rt, me, job_id)
     if not is_terminal(job["state"]):
         return JSONResponse({"id": job_id, "state": job["state"], "outputs": None}, status_code=202)
     error = orjson.loads(job["error"]) if job["error"] else None
@@ -213,8 +251,9 @@ async def read_result(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
 
 
 @router.post("/api/v1/jobs/{job_id}/cancel", summary="Cancel a job")
-async def cancel_job(job_id: str, rt: Runtime = Depends(runtime)) -> Response:
-    job = await rt.jobs.cancel(path_id("job", job_id))
+async def cancel_job(job_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> Response:
+    await own_job(rt, me, job_id)
+    job = await rt.jobs.cancel(job_id)
     if job["state"] == "running" and rt.executor is not None and rt.executor.cancel_local(job_id):
         for _ in range(100):  # the runner stops the blocks and stores the cancellation within milliseconds
             await asyncio.sleep(0.01)
@@ -247,8 +286,10 @@ LAST_EVENT_ID_HEADER = {
     summary="Server-Sent Events of a job's node and state events",
     openapi_extra=LAST_EVENT_ID_HEADER,
 )
-async def stream_events(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
-    job = await rt.jobs.get(path_id("job", job_id))
+async def stream_events(
+    job_id: str, request: Request, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> StreamingResponse:
+    job = await own_job(rt, me, job_id)
     # Read by hand rather than declared, so that every bad value is the documented 400 (not FastAPI's 422).
     after = parse_event_id(request.headers.get("last-event-id"))
     deadline = time.monotonic() + job["timeout_s"] + rt.settings.executor.lease_s * 3 + 60

@@ -7,8 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from conveyor.api.auth import principal
 from conveyor.api.deps import decode_cursor, iso, page, runtime
-from conveyor.errors import PayloadTooLargeError
+from conveyor.auth.principal import Principal
+from conveyor.errors import ForbiddenError, PayloadTooLargeError
 from conveyor.recipes.graph import RecipeGraph
 from conveyor.recipes.model import parse_recipe_text
 from conveyor.runtime import Runtime
@@ -55,14 +57,33 @@ def contract(graph: RecipeGraph) -> dict[str, Any]:
     }
 
 
+def viewer(me: Principal) -> str | None:
+    """Whose recipes the caller sees: admins every recipe (None), others shared ones and their own."""
+    return None if me.is_admin else me.user_id
+
+
+async def editable_recipe(rt: Runtime, me: Principal, recipe_id: str) -> Row:
+    """A recipe the caller may change: `manage` on Workflow, and their own (admins: any, shared ones too)."""
+    me.require("manage", "Workflow")
+    row = await rt.recipes.get(recipe_id, viewer=viewer(me))
+    if not me.is_admin and row["owner_id"] != me.user_id:
+        raise ForbiddenError(f"recipe {recipe_id!r} is shared; only an admin may change it")
+    return row
+
+
 @router.post("/api/v1/recipes", status_code=201, summary="Create a recipe", openapi_extra=RECIPE_BODY)
-async def create_recipe(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    row = await rt.recipes.create(await _read_document(request, rt))
+async def create_recipe(
+    request: Request, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
+    me.require("manage", "Workflow")
+    row = await rt.recipes.create(await _read_document(request, rt), owner_id=me.user_id)
     return recipe_summary(row)
 
 
 @router.post("/api/v1/recipes/validate", summary="Validate a recipe without saving it", openapi_extra=RECIPE_BODY)
-async def validate_recipe(request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def validate_recipe(
+    request: Request, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
     graph = rt.recipes.validate(await _read_document(request, rt))
     return {"valid": True, "name": graph.doc.name, **contract(graph)}
 
@@ -70,44 +91,53 @@ async def validate_recipe(request: Request, rt: Runtime = Depends(runtime)) -> d
 @router.get("/api/v1/recipes", summary="List recipes")
 async def list_recipes(
     rt: Runtime = Depends(runtime),
+    me: Principal = Depends(principal),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=200),
     name: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
-    rows = await store.read_recipes(rt.db, limit=limit, after=decode_cursor(cursor), name=name)
-    total = await store.count_recipes(rt.db, name=name)
+    rows = await store.read_recipes(rt.db, limit=limit, after=decode_cursor(cursor), name=name, viewer=viewer(me))
+    total = await store.count_recipes(rt.db, name=name, viewer=viewer(me))
     return page([recipe_summary(row) for row in rows], rows, total, limit)
 
 
 @router.get("/api/v1/recipes/{recipe_id}", summary="Read a recipe and its newest revision")
-async def read_recipe(recipe_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    row = await rt.recipes.get(recipe_id)
+async def read_recipe(
+    recipe_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
+    row = await rt.recipes.get(recipe_id, viewer=viewer(me))
     graph = await rt.recipes.graph(row["id"], row["latest_revision"])
     return recipe_summary(row) | contract(graph) | {"recipe": await rt.recipes.body(row["id"], row["latest_revision"])}
 
 
 @router.put("/api/v1/recipes/{recipe_id}", summary="Save a new revision", openapi_extra=RECIPE_BODY)
-async def update_recipe(recipe_id: str, request: Request, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def update_recipe(
+    recipe_id: str, request: Request, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
+    await editable_recipe(rt, me, recipe_id)
     row = await rt.recipes.update(recipe_id, await _read_document(request, rt))
     return recipe_summary(row)
 
 
 @router.delete("/api/v1/recipes/{recipe_id}", status_code=204, summary="Delete a recipe (its jobs keep history)")
-async def delete_recipe(recipe_id: str, rt: Runtime = Depends(runtime)) -> Response:
-    await rt.recipes.delete(recipe_id)
+async def delete_recipe(recipe_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> Response:
+    row = await editable_recipe(rt, me, recipe_id)
+    await rt.recipes.delete(row["id"])
     return Response(status_code=204)
 
 
 @router.get("/api/v1/recipes/{recipe_id}/revisions", summary="List a recipe's revisions")
-async def list_revisions(recipe_id: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
-    row = await rt.recipes.get(recipe_id)
+async def list_revisions(
+    recipe_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
+) -> dict[str, Any]:
+    row = await rt.recipes.get(recipe_id, viewer=viewer(me))
     revisions = await store.read_revisions(rt.db, row["id"])
     items = [{"revision": r["revision"], "created_at": iso(r["created_at"])} for r in revisions]
     return {"items": items, "total": len(items), "next_cursor": None}
 
 
 @router.get("/api/v1/blocks", summary="List the blocks recipes may use")
-async def list_blocks(rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+async def list_blocks(rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> dict[str, Any]:
     items = []
     for name in rt.registry.names():
         block = rt.registry.get(name)

@@ -151,6 +151,10 @@ class FileStore(Protocol):
         """
         ...
 
+    def bind(self, *, user_id: str | None, job_id: str | None) -> FileStore:
+        """A view that stamps new files with this owner and job, and sees only that owner's or shared files."""
+        ...
+
 
 class HttpResponse(Protocol):
     """A finished outbound response with its (bounded) body."""

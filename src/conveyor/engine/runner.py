@@ -40,7 +40,7 @@ class JobTimeoutError(Exception):
     """The whole job ran past its timeout."""
 
 
-GraphLoader = Callable[[str], Awaitable[RecipeGraph]]
+GraphLoader = Callable[[str, str | None], Awaitable[RecipeGraph]]  # (recipe id or name, viewing user)
 
 
 @dataclass(slots=True)
@@ -65,6 +65,7 @@ class RunContext:
     usage: UsageMeter
     budget: NodeBudget
     depth: int = 0
+    files: FileStore | None = None  # the job's view: files it makes belong to its user and job
 
 
 def _no_events(kind: str, node: str, data: dict[str, Any]) -> None:
@@ -108,7 +109,8 @@ class Engine:
     ) -> dict[str, Any]:
         """Runs `graph` with the job's `inputs`; returns the output node's values."""
         budget = NodeBudget(self.max_node_runs)
-        run = RunContext(job_id, user_id, emit, usage if usage is not None else UsageMeter(), budget, depth)
+        files = self.files.bind(user_id=user_id, job_id=job_id) if self.files is not None else None
+        run = RunContext(job_id, user_id, emit, usage if usage is not None else UsageMeter(), budget, depth, files)
         if timeout_s is None:
             results = await self._run_graph(graph, inputs, run, completed or {})
         else:
@@ -182,7 +184,7 @@ class Engine:
         ctx = BlockContext(
             job_id=run.job_id,
             node_id=node.id,
-            files=self.files,
+            files=run.files,  # type: ignore[arg-type]  # None only in engine tests that run no file blocks
             http=self.http,
             usage=run.usage,
             logger=self.logger,
@@ -239,14 +241,14 @@ class Engine:
             if self.load_graph is None:
                 raise BlockError("sub-recipes are not available here", retryable=False)
             try:
-                graph = await self.load_graph(recipe)
+                graph = await self.load_graph(recipe, run.user_id)  # only recipes the job's user may see
             except ConveyorError as exc:  # unknown or invalid sub-recipe: trying again will not help
                 raise BlockError(f"sub-recipe {recipe!r}: {exc.message}", retryable=False) from exc
 
             def emit(kind: str, node: str, data: dict[str, Any]) -> None:
                 return None  # a sub-recipe's node events stay inside its run_recipe node
 
-            sub = RunContext(run.job_id, run.user_id, emit, run.usage, run.budget, depth)
+            sub = RunContext(run.job_id, run.user_id, emit, run.usage, run.budget, depth, run.files)
             results = await self._run_graph(graph, inputs, sub, {})
             return results.get(graph.output, {})
 

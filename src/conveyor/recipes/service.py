@@ -15,11 +15,13 @@ from conveyor.store import recipes as store
 from conveyor.store.db import Database, Row
 
 GRAPH_CACHE_SIZE = 256
-_RESOLVE_BY_ID = "SELECT id, name, latest_revision FROM recipes WHERE id = $1 AND deleted_at IS NULL"
-_RESOLVE_BY_NAME = (
-    "SELECT id, name, latest_revision FROM recipes WHERE name = $1 AND deleted_at IS NULL "
-    "ORDER BY updated_at DESC LIMIT 1"
-)
+_RESOLVE = "SELECT id, name, latest_revision, owner_id FROM recipes WHERE {by} = $1 AND deleted_at IS NULL"
+_RESOLVE_BY_ID = _RESOLVE.format(by="id")
+_RESOLVE_BY_NAME = _RESOLVE.format(by="name") + " ORDER BY updated_at DESC LIMIT 1"
+# A user sees shared recipes (no owner) and their own; see `store.recipes._visible`.
+_MINE = " AND (owner_id IS NULL OR owner_id = $2)"
+_RESOLVE_MINE_BY_ID = _RESOLVE_BY_ID + _MINE
+_RESOLVE_MINE_BY_NAME = _RESOLVE.format(by="name") + _MINE + " ORDER BY updated_at DESC LIMIT 1"
 
 
 class RecipeService:
@@ -65,21 +67,29 @@ class RecipeService:
             raise NotFoundError("recipe", recipe_id)
         return row
 
-    async def resolve(self, ref: str, revision: int | None = None) -> tuple[Row, RecipeGraph]:
+    async def resolve(
+        self, ref: str, revision: int | None = None, *, viewer: str | None = None
+    ) -> tuple[Row, RecipeGraph]:
         """The recipe a job names (id, else name) and the graph of the revision it will run (default: newest).
 
-        On the submit hot path: one prepared statement, then the graph cache.
+        Only recipes `viewer` sees are found (None: any). On the submit hot path: one prepared statement, then
+        the graph cache.
         """
-        row = await self.db.fetch_one(_RESOLVE_BY_ID, ref) or await self.db.fetch_one(_RESOLVE_BY_NAME, ref)
+        if viewer is None:
+            row = await self.db.fetch_one(_RESOLVE_BY_ID, ref) or await self.db.fetch_one(_RESOLVE_BY_NAME, ref)
+        else:
+            row = await self.db.fetch_one(_RESOLVE_MINE_BY_ID, ref, viewer) or await self.db.fetch_one(
+                _RESOLVE_MINE_BY_NAME, ref, viewer
+            )
         if row is None:
             raise NotFoundError("recipe", ref)
         if revision is not None and not 1 <= revision <= row["latest_revision"]:
             raise NotFoundError("recipe revision", f"{ref}@{revision}")
         return row, await self.graph(row["id"], revision or row["latest_revision"])
 
-    async def get(self, ref: str) -> Row:
-        """A recipe by id or name; `NotFoundError` (404) otherwise."""
-        row = await store.find_recipe(self.db, ref)
+    async def get(self, ref: str, *, viewer: str | None = None) -> Row:
+        """A recipe by id or name that `viewer` sees (None: any); `NotFoundError` (404) otherwise."""
+        row = await store.find_recipe(self.db, ref, viewer=viewer)
         if row is None:
             raise NotFoundError("recipe", ref)
         return row
@@ -104,9 +114,9 @@ class RecipeService:
             self._graphs.popitem(last=False)
         return graph
 
-    async def latest_graph(self, ref: str) -> RecipeGraph:
-        """The newest revision's graph of a recipe named by id or name (for `run_recipe`)."""
-        row = await self.get(ref)
+    async def latest_graph(self, ref: str, viewer: str | None = None) -> RecipeGraph:
+        """The newest revision's graph of a recipe named by id or name that `viewer` sees (for `run_recipe`)."""
+        row = await self.get(ref, viewer=viewer)
         return await self.graph(row["id"], row["latest_revision"])
 
     async def delete(self, recipe_id: str) -> None:

@@ -113,29 +113,45 @@ def _dump(body: dict[str, Any]) -> str:
     return orjson.dumps(body).decode()
 
 
-async def read_recipe(db: Database, recipe_id: str) -> Row | None:
-    """A live recipe by id, or None."""
-    return await db.fetch_one(select(recipes).where(and_(recipes.c.id == recipe_id, recipes.c.deleted_at.is_(None))))
+def _visible(viewer: str | None) -> Any:
+    """Recipes a user sees: shared ones (no owner: seeded or imported by an operator) and their own.
+
+    `viewer=None` is an operator (the CLI, an admin): every recipe.
+    """
+    live = recipes.c.deleted_at.is_(None)
+    if viewer is None:
+        return live
+    return and_(live, or_(recipes.c.owner_id.is_(None), recipes.c.owner_id == viewer))
 
 
-async def find_recipe(db: Database, ref: str) -> Row | None:
-    """A live recipe by id, or else by exact name (the newest of that name)."""
-    row = await read_recipe(db, ref)
+async def read_recipe(db: Database, recipe_id: str, *, viewer: str | None = None) -> Row | None:
+    """A live recipe by id that `viewer` may see, or None."""
+    return await db.fetch_one(select(recipes).where(and_(recipes.c.id == recipe_id, _visible(viewer))))
+
+
+async def find_recipe(db: Database, ref: str, *, viewer: str | None = None) -> Row | None:
+    """A live recipe by id, or else by exact name (the newest of that name), among those `viewer` sees."""
+    row = await read_recipe(db, ref, viewer=viewer)
     if row is not None:
         return row
     return await db.fetch_one(
         select(recipes)
-        .where(and_(recipes.c.name == ref, recipes.c.deleted_at.is_(None)))
+        .where(and_(recipes.c.name == ref, _visible(viewer)))
         .order_by(recipes.c.updated_at.desc())
         .limit(1)
     )
 
 
 async def read_recipes(
-    db: Database, *, limit: int, after: tuple[int, str] | None = None, name: str | None = None
+    db: Database,
+    *,
+    limit: int,
+    after: tuple[int, str] | None = None,
+    name: str | None = None,
+    viewer: str | None = None,
 ) -> list[Row]:
-    """Live recipes, newest first, keyset-paginated on (created_at, id)."""
-    query = select(recipes).where(recipes.c.deleted_at.is_(None))
+    """Live recipes `viewer` sees, newest first, keyset-paginated on (created_at, id)."""
+    query = select(recipes).where(_visible(viewer))
     if name:
         query = query.where(recipes.c.name == name)
     if after is not None:
@@ -146,8 +162,8 @@ async def read_recipes(
     return await db.fetch_all(query.order_by(recipes.c.created_at.desc(), recipes.c.id.desc()).limit(limit))
 
 
-async def count_recipes(db: Database, *, name: str | None = None) -> int:
-    query = select(func.count()).select_from(recipes).where(recipes.c.deleted_at.is_(None))
+async def count_recipes(db: Database, *, name: str | None = None, viewer: str | None = None) -> int:
+    query = select(func.count()).select_from(recipes).where(_visible(viewer))
     if name:
         query = query.where(recipes.c.name == name)
     return int(await db.fetch_val(query))

@@ -10,6 +10,14 @@ from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData,
 
 metadata = MetaData()
 
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 users = Table(
     "users",
     metadata,
@@ -20,7 +28,21 @@ users = Table(
     Column("is_admin", Integer, nullable=False, server_default="0"),
     Column("disabled", Integer, nullable=False, server_default="0"),
     Column("created_at", BigInteger, nullable=False),
+    Column("org_id", String(36), ForeignKey("organizations.id")),
 )
+
+# Every JWT issued, so that one can be revoked by its `tokenId` and a user's tokens die with the user.
+auth_tokens = Table(
+    "auth_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+Index("ix_auth_tokens_user", auth_tokens.c.user_id, auth_tokens.c.created_at)
 
 recipes = Table(
     "recipes",

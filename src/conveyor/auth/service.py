@@ -1,0 +1,222 @@
+"""Users, organizations and tokens in the store; `authenticate` turns an Authorization header into a Principal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conveyor.auth.passwords import MAX_PASSWORD_CHARS, hash_password, verify_password
+from conveyor.auth.principal import Principal
+from conveyor.auth.tokens import Scope, TokenCodec
+from conveyor.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError, ValidationError
+from conveyor.store.db import Database, Op, Row
+
+log = logging.getLogger("conveyor.auth")
+ADMIN_PASSWORD_FILE = "initial-admin-password"
+MAX_NAME = 200
+
+_USER_COLUMNS = "id, name, email, is_admin, disabled, org_id, created_at"
+_TOKEN_OWNER = (
+    "SELECT t.revoked_at, u.id, u.name, u.is_admin, u.disabled, u.org_id"
+    " FROM auth_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    token_id: str
+    user_id: str
+    expires_at_ms: int
+    scopes: tuple[Scope, ...]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not 0 < len(name) <= MAX_NAME or "\x00" in name:
+        raise ValidationError(f"a name must be 1-{MAX_NAME} characters without NUL")
+    return name
+
+
+class AuthService:
+    """Everything about who may call: users, organizations, tokens and their revocation."""
+
+    def __init__(self, db: Database, codec: TokenCodec, *, max_token_ttl_s: int) -> None:
+        self.db = db
+        self.codec = codec
+        self.max_token_ttl_ms = max_token_ttl_s * 1000
+
+    # Users and organizations
+
+    async def ensure_admin(self, name: str, password: str, data_dir: Path) -> Row | None:
+        """Creates the first admin when there is no user yet; returns it (None when users exist).
+
+        Without a configured password a random one is written to `<data_dir>/initial-admin-password` (0600):
+        it is never logged.
+        """
+        if await self.db.fetch_val("SELECT COUNT(*) FROM users") > 0:
+            return None
+        if not password:
+            password = secrets.token_urlsafe(18)
+            path = data_dir / ADMIN_PASSWORD_FILE
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(password + "\n")
+            log.warning("created admin user %r; its password is in %s", name, path)
+        try:
+            return await self.create_user(name, password=password, is_admin=True)
+        except ConflictError:
+            return None  # another process created it first
+
+    async def create_user(
+        self,
+        name: str,
+        *,
+        password: str | None = None,
+        is_admin: bool = False,
+        email: str | None = None,
+        org: str | None = None,
+    ) -> Row:
+        name = _check_name(name)
+        if password is not None and not 8 <= len(password) <= MAX_PASSWORD_CHARS:
+            raise ValidationError(f"a password must be 8-{MAX_PASSWORD_CHARS} characters")
+        if email is not None and (len(email) > 320 or "@" not in email):
+            raise ValidationError("email must be an address of at most 320 characters")
+        org_id = (await self.ensure_org(org))["id"] if org else None
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        user_id = str(uuid.uuid4())
+        rows = await self.db.write(
+            Op(
+                "INSERT INTO users (id, name, email, password_hash, is_admin, disabled, created_at, org_id)"
+                " VALUES ($1, $2, $3, $4, $5, 0, $6, $7) ON CONFLICT (name) DO NOTHING",
+                (user_id, name, email, password_hash, int(is_admin), _now_ms(), org_id),
+            )
+        )
+        if rows[0] != 1:
+            raise ConflictError(f"user {name!r} already exists")
+        return await self.get_user(user_id)
+
+    async def ensure_org(self, name: str) -> Row:
+        """The organization named `name`, created if missing."""
+        name = _check_name(name)
+        await self.db.write(
+            Op(
+                "INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                (str(uuid.uuid4()), name, _now_ms()),
+            )
+        )
+        row = await self.db.fetch_one("SELECT id, name, created_at FROM organizations WHERE name = $1", name)
+        if row is None:
+            raise NotFoundError("organization", name)
+        return row
+
+    async def get_user(self, ref: str) -> Row:
+        """A user by id or name."""
+        if "\x00" in ref or len(ref) > MAX_NAME:
+            raise NotFoundError("user", ref[:MAX_NAME])
+        row = await self.db.fetch_one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1 OR name = $1", ref)
+        if row is None:
+            raise NotFoundError("user", ref)
+        return row
+
+    async def list_users(self) -> list[Row]:
+        return await self.db.fetch_all(
+            f"SELECT u.{_USER_COLUMNS.replace(', ', ', u.')}, o.name AS org FROM users u"
+            " LEFT JOIN organizations o ON o.id = u.org_id ORDER BY u.created_at, u.id"
+        )
+
+    async def set_disabled(self, ref: str, disabled: bool) -> Row:
+        """Disables (or enables again) a user: every token of theirs stops working at once."""
+        user = await self.get_user(ref)
+        await self.db.execute("UPDATE users SET disabled = $2 WHERE id = $1", user["id"], int(disabled))
+        return await self.get_user(user["id"])
+
+    async def check_password(self, name: str, password: str) -> Row:
+        """The user these credentials belong to; 401 alike for an unknown name, a wrong password or a disabled user."""
+        row = None
+        if len(name) <= MAX_NAME and "\x00" not in name:
+            row = await self.db.fetch_one(f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE name = $1", name)
+        ok = await asyncio.to_thread(verify_password, row["password_hash"] if row else None, password)
+        if row is None or not ok or row["disabled"]:
+            raise UnauthorizedError("wrong user name or password")
+        return row
+
+    # Tokens
+
+    async def issue_token(self, user: Row, scopes: Iterable[Scope], expires_in_ms: int) -> IssuedToken:
+        """Signs a token for `user` and records it (so that it can be revoked by its id)."""
+        scopes = tuple(scopes)
+        if not scopes:
+            raise ValidationError("a token needs at least one scope")
+        if not 0 < expires_in_ms <= self.max_token_ttl_ms:
+            raise ValidationError(f"expires_in must be 1-{self.max_token_ttl_ms} milliseconds")
+        if user["disabled"]:
+            raise ForbiddenError(f"user {user['name']!r} is disabled")
+        token, claims = self.codec.issue(user["id"], scopes, expires_in_ms)
+        await self.db.execute(
+            "INSERT INTO auth_tokens (id, user_id, scopes, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            claims.token_id,
+            user["id"],
+            json.dumps([s.to_claim() for s in scopes]),
+            _now_ms(),
+            claims.expires_at * 1000,
+        )
+        return IssuedToken(token, claims.token_id, user["id"], claims.expires_at * 1000, scopes)
+
+    async def revoke_token(self, token_id: str, *, by: Principal | None = None) -> None:
+        """Revokes a token; `by` (an API caller) may revoke only its own user's tokens unless an admin."""
+        row = None
+        if len(token_id) <= 64 and "\x00" not in token_id:
+            row = await self.db.fetch_one("SELECT id, user_id, revoked_at FROM auth_tokens WHERE id = $1", token_id)
+        if row is None or (by is not None and not by.is_admin and row["user_id"] != by.user_id):
+            raise NotFoundError("token", token_id)
+        if row["revoked_at"] is None:
+            await self.db.execute(
+                "UPDATE auth_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", token_id, _now_ms()
+            )
+        self.codec.forget(token_id)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller named by an `Authorization: Bearer <jwt>` header; 401 for anything else."""
+        if not authorization:
+            raise UnauthorizedError("missing Authorization header (Bearer token)")
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise UnauthorizedError("Authorization must be `Bearer <token>`")
+        claims = self.codec.verify(credentials.strip())
+        # Looked up on every request: revoking a token or disabling its user takes effect at once.
+        row = await self.db.fetch_one(_TOKEN_OWNER, claims.token_id)
+        if row is None or row["id"] != claims.user_id:
+            raise UnauthorizedError("token is not valid: unknown token")
+        if row["revoked_at"] is not None:
+            raise UnauthorizedError("token revoked")
+        if row["disabled"]:
+            raise UnauthorizedError("user disabled")
+        return Principal(
+            user_id=row["id"],
+            user_name=row["name"],
+            is_admin=bool(row["is_admin"]),
+            org_id=row["org_id"],
+            scopes=claims.scopes,
+            token_id=claims.token_id,
+        )
+
+    async def token_info(self, token_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetch_one(
+            "SELECT id, user_id, scopes, created_at, expires_at, revoked_at FROM auth_tokens WHERE id = $1", token_id
+        )
+        return None if row is None else dict(row)
