@@ -33,9 +33,18 @@ CASES = [
     ("POST", "/api/v1/recipes", b'{"name": ""}', {"Content-Type": "application/json"}, 422, "recipe_invalid"),
     ("POST", "/api/v1/recipes", b'"just a string"', {"Content-Type": "application/json"}, 422, "recipe_invalid"),
     ("GET", "/api/v1/recipes/missing", None, {}, 404, "not_found"),
+    # The recipe is looked up (and the caller's right to change it checked) before the body is read.
     (
         "PUT",
         "/api/v1/recipes/missing",
+        b'{"name": "x", "nodes": {}}',
+        {"Content-Type": "application/json"},
+        404,
+        "not_found",
+    ),
+    (
+        "PUT",
+        "/api/v1/recipes/greeting",
         b'{"name": "x", "nodes": {}}',
         {"Content-Type": "application/json"},
         422,
