@@ -124,6 +124,8 @@ def _print_error(message: str, details: Any = None) -> None:
         for item in details:
             if isinstance(item, dict):
                 where = item.get("node") or item.get("field") or ".".join(map(str, item.get("loc", []))) or "recipe"
+                if item.get("node") and item.get("name"):  # an Omnitool import names the node's block too
+                    where = f"{where} ({item['name']})"
                 err_console.print(f"  - {where}: {item.get('message')}")
 
 
@@ -135,14 +137,28 @@ def _read_recipe_file(path: Path) -> Any:
 
 
 @recipes_app.command("import")
-def recipes_import(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Saves recipe files (YAML or JSON); a recipe whose id exists gets a new revision."""
+def recipes_import(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Omnitool files: import unsupported nodes disabled instead of refusing."
+    ),
+) -> None:
+    """Saves recipe files (YAML or JSON, or Omnitool recipe JSON); a recipe whose id exists gets a new revision."""
 
     async def work(rt: Any) -> None:
+        from conveyor.recipes.omnitool import is_omnitool_recipe, read_omnitool
         from conveyor.store.recipes import recipe_exists_any
 
         for path in files:
             data = _read_recipe_file(path)
+            if is_omnitool_recipe(data):
+                imported = read_omnitool(
+                    data, rt.registry, allow_missing=allow_missing, max_nodes=rt.settings.limits.max_recipe_nodes
+                )
+                data = imported.doc
+                for warning in imported.warnings:
+                    where = f"node {warning['node']} ({warning['name']})" if warning["node"] else "recipe"
+                    err_console.print(f"[yellow]warning:[/yellow] {path}: {where}: {warning['message']}")
             ident = data.get("id") if isinstance(data, dict) else None
             if ident and await recipe_exists_any(rt.db, ident):
                 row = await rt.recipes.update(ident, data)
@@ -179,6 +195,40 @@ def recipes_show(recipe: str) -> None:
         console.print_json(json.dumps({"id": row["id"], "revision": row["latest_revision"], **body}))
 
     _with_runtime(work)
+
+
+@recipes_app.command("export")
+def recipes_export(
+    recipe: str = typer.Argument(..., help="Recipe id or name."),
+    export_format: str = typer.Option("native", "--format", help="`native` (our document) or `omnitool` (its JSON)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: standard output)."),
+) -> None:
+    """Writes a recipe's newest revision as a native document (JSON, or YAML for a .yaml/.yml file) or Omnitool JSON."""
+    if export_format not in ("native", "omnitool"):
+        _print_error(f"--format must be native or omnitool, not {export_format!r}")
+        raise typer.Exit(2)
+
+    async def work(rt: Any) -> str:
+        from conveyor.recipes.omnitool import export_omnitool
+
+        row = await rt.recipes.get(recipe)
+        doc = {"id": row["id"], **await rt.recipes.body(row["id"], row["latest_revision"])}
+        if export_format == "omnitool":
+            return json.dumps(export_omnitool(doc), indent=2, ensure_ascii=False) + "\n"
+        if output is not None and output.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+    text = _with_runtime(work)
+    if output is None:
+        import sys
+
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"wrote {output}")
 
 
 @recipes_app.command("validate")

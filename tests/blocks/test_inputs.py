@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from conveyor.blocks.base import BlockContext, BlockInputError, PortType
-from conveyor.blocks.inputs import BooleanInput, InputText, NumberInput
+from conveyor.blocks.inputs import BooleanInput, InputText, JsonInput, NumberInput
 from conveyor.blocks.text import MAX_TEXT_CHARS
 
 Ctx = Callable[..., BlockContext]
@@ -152,3 +152,29 @@ async def test_input_text_bounds_its_input(make_ctx: Ctx) -> None:
 def test_input_text_config_refuses_bad_values(config: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         InputText.Config(**config)
+
+
+@pytest.mark.parametrize(
+    ("config", "inputs", "expected"),
+    [
+        ({}, {}, None),
+        ({"json": {"kind": "person"}}, {}, {"kind": "person"}),
+        ({"json": [1, 2]}, {"json": None}, [1, 2]),
+        ({"json": {"a": 1}}, {"json": {"b": 2}}, {"b": 2}),
+        ({"json": {"a": 1}}, {"json": 0}, 0),
+        ({}, {"json": "text"}, "text"),
+    ],
+)
+async def test_json_input(make_ctx: Ctx, config: dict[str, Any], inputs: dict[str, Any], expected: Any) -> None:
+    block = JsonInput()
+    cfg = JsonInput.Config.model_validate(config)
+    ports_in, ports_out = block.ports(cfg, list(inputs))
+    assert ports_in["json"].type == ports_out["json"].type == PortType.JSON and not ports_in["json"].required
+    assert await block.run(make_ctx(), cfg, inputs) == {"json": expected}
+
+
+def test_json_input_config_is_written_json_and_refuses_other_keys() -> None:
+    assert JsonInput.Config.model_validate({"json": {"a": 1}}).model_dump(by_alias=True) == {"json": {"a": 1}}
+    assert "json" in JsonInput.Config.model_json_schema()["properties"]
+    with pytest.raises(ValidationError):
+        JsonInput.Config.model_validate({"value": 1})

@@ -7,11 +7,13 @@ from conveyor.blocks.base import Block, BlockRegistry
 
 def builtin_blocks() -> list[Block]:
     """One instance of every built-in block."""
-    from conveyor.blocks import control, documents, http, images, inputs, io, jsondata, recipes, text
+    from conveyor.blocks import control, documents, http, images, inputs, io, jsondata, missing, recipes, text
 
     return [
         io.ChatInput(),
         io.RecipeOutput(),
+        io.ChatOutput(),
+        io.RecipeMetadata(),
         text.TextTemplate(),
         text.TextReplace(),
         text.MultiTextReplace(),
@@ -23,12 +25,14 @@ def builtin_blocks() -> list[Block]:
         inputs.NumberInput(),
         inputs.BooleanInput(),
         inputs.InputText(),
+        inputs.JsonInput(),
         images.PrepareImage(),
         images.ImageInfo(),
         documents.WriteDocument(),
         http.HttpRequestBlock(),
         control.Delay(),
         recipes.RunRecipe(),
+        missing.MissingBlock(),
     ]
 
 

@@ -1,5 +1,5 @@
-"""Constant-value blocks: a number, a boolean or a text set in the recipe, which an input of the same name may
-override at run time (so a recipe's caller can supply it)."""
+"""Constant-value blocks: a number, a boolean, a text or a JSON value set in the recipe, which an input of the
+same name may override at run time (so a recipe's caller can supply it)."""
 
 from __future__ import annotations
 
@@ -142,3 +142,26 @@ class InputText:
         if len(text) > MAX_TEXT_CHARS:
             raise BlockInputError(f"input_text: text is longer than {MAX_TEXT_CHARS} characters")
         return {"text": text}
+
+
+class JsonInput:
+    """A JSON value set in the recipe, optionally overridden by the `json` input (Omnitool's "JSON Input").
+
+    Config: `json` (any JSON value, default null). Input: `json` (optional, any JSON value). Output: `json`,
+    the input when it has a value, else the configured value.
+    """
+
+    name: ClassVar[str] = "json_input"
+    instant: ClassVar[bool] = True
+
+    class Config(BlockConfig):
+        json_value: Any = Field(default=None, alias="json", description="The JSON value.")
+
+    def ports(self, config: JsonInput.Config, wired: Iterable[str]) -> tuple[dict[str, Port], dict[str, Port]]:
+        return {"json": Port(PortType.JSON, description="overrides the configured value")}, {
+            "json": Port(PortType.JSON)
+        }
+
+    async def run(self, ctx: BlockContext, config: JsonInput.Config, inputs: dict[str, Any]) -> dict[str, Any]:
+        given = inputs.get("json")
+        return {"json": config.json_value if given is None else given}

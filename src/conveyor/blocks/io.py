@@ -1,10 +1,11 @@
-"""The blocks at a recipe's edges: `chat_input` (its input contract) and `recipe_output` (its outputs)."""
+"""The blocks at a recipe's edges: `chat_input` (its input contract), `recipe_output` (its outputs),
+`chat_output` (Omnitool's chat message, handed on) and `recipe_metadata` (Omnitool's recipe card, inert)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,3 +118,65 @@ class RecipeOutput:
 
     async def run(self, ctx: BlockContext, config: Config, inputs: dict[str, Any]) -> dict[str, Any]:
         return dict(inputs)
+
+
+# Omnitool's chat message has the recipe output's ports, but one JSON `object` where the output has `objects`.
+CHAT_OUTPUT_PORTS: dict[str, Port] = {
+    **{name: port for name, port in OUTPUT_PORTS.items() if name != "objects"},
+    "object": Port(PortType.JSON),
+}
+
+
+class ChatOutput:
+    """Omnitool's chat message: hands its inputs on unchanged, so a `recipe_output` can return them.
+
+    Conveyor's jobs have no chat window; what Omnitool would show there is this node's outputs instead.
+    Config: `text_type`, the text's format (`text/plain`, `text/markdown` (the default) or
+    `text/markdown-code`; kept for clients and exports, the text itself is not changed). Inputs, all optional,
+    as Omnitool names them: `text`, `images`, `audio`, `documents`, `videos`, `files` (lists of file
+    references) and `object` (JSON). Outputs: the same names, each holding its input's value; an input with
+    no value gives no output.
+    """
+
+    name: ClassVar[str] = "chat_output"
+    instant: ClassVar[bool] = True
+
+    class Config(BlockConfig):
+        text_type: Literal["text/plain", "text/markdown", "text/markdown-code"] = "text/markdown"
+
+    def ports(self, config: Config, wired: Iterable[str]) -> tuple[Ports, Ports]:
+        return dict(CHAT_OUTPUT_PORTS), dict(CHAT_OUTPUT_PORTS)
+
+    async def run(self, ctx: BlockContext, config: Config, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in inputs.items() if name in CHAT_OUTPUT_PORTS and value is not None}
+
+
+class RecipeMetadata:
+    """Omnitool's recipe card: the title, description, help and credits a recipe shows; it does nothing at run time.
+
+    Config (all optional): `title`, `description`, `help`, `author`, `category`, `license`, `credits`, and
+    `tags` (a list of texts). Input `usage` (JSON, unused) and output `text` (never given a value) are there
+    because Omnitool's block has them, so imported wiring stays valid. The recipe's own `name` and
+    `description` are what clients see; this node only keeps Omnitool's copy.
+    """
+
+    name: ClassVar[str] = "recipe_metadata"
+    instant: ClassVar[bool] = True
+
+    class Config(BlockConfig):
+        title: str = Field(default="", max_length=200)
+        description: str = Field(default="", max_length=10_000)
+        help: str = Field(default="", max_length=100_000)
+        author: str = Field(default="", max_length=1_000)
+        category: str = Field(default="", max_length=200)
+        license: str = Field(default="", max_length=200)
+        credits: str = Field(default="", max_length=100_000)
+        tags: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=100)
+
+    def ports(self, config: Config, wired: Iterable[str]) -> tuple[Ports, Ports]:
+        return {"usage": Port(PortType.JSON, description="unused")}, {
+            "text": Port(PortType.TEXT, description="never given a value")
+        }
+
+    async def run(self, ctx: BlockContext, config: Config, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {}

@@ -43,6 +43,9 @@ class NodeSpec(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     enabled: bool = Field(default=True, description="Disabled nodes are kept but skipped at run time.")
     title: str | None = Field(default=None, max_length=200)
+    meta: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form data kept with the node, e.g. what an Omnitool import read."
+    )
 
 
 class RecipeDoc(BaseModel):
