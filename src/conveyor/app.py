@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor import __version__
-from conveyor.api import auth, files, health, jobs, recipes
-from conveyor.api.errors import error_body, install_error_handlers
+from conveyor.api import auth, fid, files, health, jobs, omnitool, recipes
+from conveyor.api.errors import error_body, install_error_handlers, is_omnitool_path, omnitool_error_body
 from conveyor.recipes.seed import seed_demo_recipes
 from conveyor.runtime import open_runtime
 from conveyor.settings import Settings
@@ -21,7 +21,7 @@ from conveyor.settings import Settings
 class BodyLimit:
     """Refuses request bodies over a limit with 413, counting bytes as they arrive (chunked bodies too).
 
-    Uploads (`/api/v1/files`) get the file limit; every other route the JSON body limit.
+    Uploads (`/api/v1/files`, Omnitool's `/fid`) get the file limit; every other route the JSON body limit.
     """
 
     def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int) -> None:
@@ -33,10 +33,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_upload if scope["path"].startswith("/api/v1/files") else self.max_body
+        path = scope["path"]
+        limit = self.max_upload if path.startswith("/api/v1/files") or path == "/fid" else self.max_body
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, path)
                 return
         received = 0
         over = False
@@ -59,7 +60,7 @@ class BodyLimit:
             if over:
                 if not replaced:
                     replaced = True
-                    await _too_large(send, limit)
+                    await _too_large(send, limit, path)
                 return
             await send(message)
 
@@ -67,7 +68,7 @@ class BodyLimit:
             await self.app(scope, counted, guarded_send)
         except _BodyTooLarge:
             if not replaced:
-                await _too_large(send, limit)
+                await _too_large(send, limit, path)
 
 
 class _BodyTooLarge(Exception):
@@ -75,10 +76,13 @@ class _BodyTooLarge(Exception):
         self.limit = limit
 
 
-async def _too_large(send: Send, limit: int) -> None:
+async def _too_large(send: Send, limit: int, path: str) -> None:
     import orjson
 
-    body = orjson.dumps(error_body("payload_too_large", f"request body is over {limit} bytes"))
+    message = f"request body is over {limit} bytes"
+    body = orjson.dumps(
+        omnitool_error_body(message) if is_omnitool_path(path) else error_body("payload_too_large", message)
+    )
     await send(
         {
             "type": "http.response.start",
@@ -120,7 +124,7 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
     install_error_handlers(app)
     # The routes go straight onto the app, hot ones first: `include_router` wraps each router in a layer that
     # matching walks through on every request (~20% of a trivial job's server CPU, bench/profile_jobs.py).
-    for router in (jobs.router, health.router, recipes.router, files.router, auth.router):
+    for router in (jobs.router, health.router, recipes.router, files.router, auth.router, omnitool.router, fid.router):
         app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, max_body=settings.limits.max_body_bytes, max_upload=settings.limits.max_upload_bytes)
     app.state.settings = settings

@@ -34,6 +34,15 @@ class FilesSettings(BaseModel):
         ge=1024,
         description="Node output values larger than this (as JSON) are kept as file references, not in the database.",
     )
+    signed_links: bool = Field(
+        default=False,
+        description="Serve `GET /fid/<fid>` only through signed, expiring links (`?exp=&sig=`, which the `url` of "
+        "every Omnitool file descriptor then carries). Off: the 128-bit random fid alone is the capability, as in "
+        "Omnitool.",
+    )
+    link_ttl_s: int = Field(
+        default=86_400, ge=60, le=366 * 86_400, description="How long a signed `/fid` link stays valid (seconds)."
+    )
 
 
 class ExecutorSettings(BaseModel):
@@ -108,7 +117,9 @@ class AuthSettings(BaseModel):
     )
     issuer: str = Field(default="conveyor", min_length=1, max_length=200, description="The tokens' `iss` claim.")
     audience: str = Field(default="conveyor", min_length=1, max_length=200, description="The tokens' `aud` claim.")
-    admin_name: str = Field(default="admin", min_length=1, max_length=200, description="The admin created on first start.")
+    admin_name: str = Field(
+        default="admin", min_length=1, max_length=200, description="The admin created on first start."
+    )
     admin_password: SecretStr = Field(
         default=SecretStr(""),
         description="The first admin's password. Empty: a random one is written to "

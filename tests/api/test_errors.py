@@ -66,7 +66,6 @@ async def test_error_shape(
 
 
 async def test_body_over_the_limit_is_413(make_settings: Any) -> None:
-    import httpx
     from tests.conftest import LiveServer
 
     async with (

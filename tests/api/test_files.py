@@ -41,7 +41,6 @@ async def test_only_passive_types_are_served_inline(client: Any, name: str, mime
 
 
 async def test_upload_over_the_limit_is_413_and_stores_nothing(make_settings: Any) -> None:
-    import httpx
     from tests.conftest import LiveServer
 
     async with LiveServer(make_settings(limits={"max_upload_bytes": 4096})) as live:

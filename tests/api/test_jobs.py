@@ -69,7 +69,6 @@ async def test_idempotency_key_returns_the_first_job(client: Any) -> None:
 
 
 async def test_full_queue_answers_429_with_retry_after(make_settings: Any) -> None:
-    import httpx
     from tests.conftest import LiveServer
 
     settings = make_settings(limits={"max_pending_jobs": 2}, executor={"concurrency": 1})
@@ -230,7 +229,6 @@ async def test_sub_recipe_runs_inside_the_job_and_depth_is_limited(client: Any) 
 
 async def test_events_keep_their_order_when_outputs_are_spilled(make_settings: Any) -> None:
     """Regression: a spilled output's event batch used to land after the job's terminal state event."""
-    import httpx
     from tests.conftest import LiveServer
 
     recipe = {

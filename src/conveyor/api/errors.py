@@ -41,6 +41,29 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
+OMNITOOL_PATHS = ("/api/v1/workflow", "/fid")
+
+
+def is_omnitool_path(path: str) -> bool:
+    """Whether a path is one of Omnitool's routes (`/api/v1/workflow/*`, `/fid*`), whose clients read errors
+    as Omnitool's `{"error": "<message>"}`."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OMNITOOL_PATHS)
+
+
+def omnitool_error_body(message: str) -> dict[str, Any]:
+    """The Omnitool dialect's error body, `{"error": "<message>"}` (with our honest status codes)."""
+    return {"error": message}
+
+
+def _respond(
+    request: Request, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error in the shape the route's dialect prescribes: Omnitool's on its routes, the native one elsewhere."""
+    if is_omnitool_path(request.scope["path"]):
+        return JSONResponse(omnitool_error_body(message), status_code=status, headers=headers)
+    return error_response(status, code, message, details, headers)
+
+
 async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError) else None
@@ -48,7 +71,7 @@ async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
     if exc.status >= 500:
         log.error("request failed: %s %s: %s", request.method, request.url.path, exc.code)
-    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    return _respond(request, exc.status, exc.code, exc.message, exc.details, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -57,7 +80,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"loc": [str(part) for part in err.get("loc", ())], "message": err.get("msg", "")} for err in exc.errors()
     ]
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['message']}" for d in details[:5])
-    return error_response(422, "validation_error", f"request is invalid: {summary}", details)
+    return _respond(request, 422, "validation_error", f"request is invalid: {summary}", details)
 
 
 async def _model_error(request: Request, exc: Exception) -> JSONResponse:
@@ -72,19 +95,24 @@ def _with_body_loc(errors: list[Any]) -> list[Any]:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(
-        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail), None, dict(exc.headers or {})
+    return _respond(
+        request,
+        exc.status_code,
+        _HTTP_CODES.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        None,
+        dict(exc.headers or {}),
     )
 
 
 async def _nul_in_text(request: Request, exc: Exception) -> JSONResponse:
     """PostgreSQL refused a NUL character in a text value the request carried (an id, a name): the client's fault."""
-    return error_response(400, "bad_request", "text must not contain NUL characters")
+    return _respond(request, 400, "bad_request", "text must not contain NUL characters")
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal server error")
+    return _respond(request, 500, "internal_error", "internal server error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

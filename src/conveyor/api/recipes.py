@@ -1,9 +1,10 @@
-"""Native recipe routes: create (JSON or YAML), list, read, revise, delete, revisions, validate; blocks."""
+"""Native recipe routes: create (JSON or YAML), list, read, revise, delete, revisions, validate, Omnitool import
+and export; blocks."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -13,6 +14,7 @@ from conveyor.auth.principal import Principal
 from conveyor.errors import ForbiddenError, PayloadTooLargeError
 from conveyor.recipes.graph import RecipeGraph
 from conveyor.recipes.model import parse_recipe_text
+from conveyor.recipes.omnitool import export_omnitool, read_omnitool
 from conveyor.runtime import Runtime
 from conveyor.store import recipes as store
 from conveyor.store.db import Row
@@ -88,6 +90,26 @@ async def validate_recipe(
     return {"valid": True, "name": graph.doc.name, **contract(graph)}
 
 
+@router.post("/api/v1/recipes/import", status_code=201, summary="Import an Omnitool recipe", openapi_extra=RECIPE_BODY)
+async def import_recipe(
+    request: Request,
+    rt: Runtime = Depends(runtime),
+    me: Principal = Depends(principal),
+    allow_missing: bool = Query(False, description="Import unsupported nodes disabled instead of refusing."),
+    allow_missing_camel: bool = Query(False, alias="allowMissing", description="Same as `allow_missing`."),
+) -> dict[str, Any]:
+    """Saves Omnitool recipe JSON as a native recipe (keeping its id); the answer lists the import's warnings."""
+    me.require("manage", "Workflow")
+    imported = read_omnitool(
+        await _read_document(request, rt),
+        rt.registry,
+        allow_missing=allow_missing or allow_missing_camel,
+        max_nodes=rt.settings.limits.max_recipe_nodes,
+    )
+    row = await rt.recipes.create(imported.doc, owner_id=me.user_id)
+    return recipe_summary(row) | {"warnings": imported.warnings}
+
+
 @router.get("/api/v1/recipes", summary="List recipes")
 async def list_recipes(
     rt: Runtime = Depends(runtime),
@@ -134,6 +156,19 @@ async def list_revisions(
     revisions = await store.read_revisions(rt.db, row["id"])
     items = [{"revision": r["revision"], "created_at": iso(r["created_at"])} for r in revisions]
     return {"items": items, "total": len(items), "next_cursor": None}
+
+
+@router.get("/api/v1/recipes/{recipe_id}/export", summary="Export a recipe's newest revision")
+async def export_recipe(
+    recipe_id: str,
+    rt: Runtime = Depends(runtime),
+    me: Principal = Depends(principal),
+    export_format: Literal["native", "omnitool"] = Query("native", alias="format"),
+) -> dict[str, Any]:
+    """The newest revision as a native document (with its `id`) or as Omnitool recipe JSON."""
+    row = await rt.recipes.get(recipe_id, viewer=viewer(me))
+    doc = {"id": row["id"], **await rt.recipes.body(row["id"], row["latest_revision"])}
+    return export_omnitool(doc) if export_format == "omnitool" else doc
 
 
 @router.get("/api/v1/blocks", summary="List the blocks recipes may use")

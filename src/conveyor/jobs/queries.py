@@ -220,6 +220,32 @@ async def read_jobs(
     )
 
 
+_ACTIVE_SQL = "('pending', 'running')"
+_TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
+LIST_COLUMNS = "id, recipe_id, state, user_id, created_at, finished_at"
+
+
+async def read_active_jobs(db: Database, user_id: str, *, limit: int) -> list[Row]:
+    """A user's pending and running jobs, newest first."""
+    return await db.fetch_all(
+        f"SELECT {LIST_COLUMNS} FROM jobs WHERE user_id = $1 AND state IN {_ACTIVE_SQL} "
+        "ORDER BY created_at DESC, id DESC LIMIT $2",
+        user_id,
+        limit,
+    )
+
+
+async def read_jobs_finished_since(db: Database, user_id: str, since_ms: int, *, limit: int) -> list[Row]:
+    """A user's jobs that ended at or after `since_ms`, most recently ended first."""
+    return await db.fetch_all(
+        f"SELECT {LIST_COLUMNS} FROM jobs WHERE user_id = $1 AND state IN {_TERMINAL_SQL} AND finished_at >= $2 "
+        "ORDER BY finished_at DESC, id DESC LIMIT $3",
+        user_id,
+        since_ms,
+        limit,
+    )
+
+
 async def count_jobs(
     db: Database, *, state: str | None = None, recipe_id: str | None = None, user_id: str | None = None
 ) -> int:

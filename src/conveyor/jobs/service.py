@@ -263,6 +263,22 @@ class JobService:
     async def events(self, job_id: str, *, after_id: int = 0, limit: int = 500) -> list[Row]:
         return await q.read_events(self.db, job_id, after_id=after_id, limit=limit)
 
+    async def active(self, user_id: str, *, limit: int) -> list[Row]:
+        """A user's pending and running jobs, newest first (id, recipe_id, state, user_id and times)."""
+        return await q.read_active_jobs(self.db, user_id, limit=limit)
+
+    async def recent(self, user_id: str, *, within_ms: int, limit: int) -> list[Row]:
+        """A user's pending and running jobs, then those that ended within the last `within_ms`, newest first.
+
+        At most `limit` of each; the active ones come first, so a cap never hides a job that still runs. Read in
+        this order no job falls between them: one that ends between the two reads is found by both and listed
+        once, as still active.
+        """
+        active = await q.read_active_jobs(self.db, user_id, limit=limit)
+        ended = await q.read_jobs_finished_since(self.db, user_id, q.now_ms() - within_ms, limit=limit)
+        seen = {row["id"] for row in active}
+        return active + [row for row in ended if row["id"] not in seen]
+
     async def list(
         self,
         *,

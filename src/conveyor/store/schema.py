@@ -94,9 +94,11 @@ jobs = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 Index("ux_jobs_idempotency", jobs.c.idempotency_scope, jobs.c.idempotency_key, unique=True)
-Index("ix_jobs_created", jobs.c.created_at)
-Index("ix_jobs_state_created", jobs.c.state, jobs.c.created_at)
-Index("ix_jobs_recipe_created", jobs.c.recipe_id, jobs.c.created_at)
+# Every list is one user's (users never see each other's jobs): the list indexes lead with the user.
+Index("ix_jobs_user_created", jobs.c.user_id, jobs.c.created_at)
+Index("ix_jobs_user_state_created", jobs.c.user_id, jobs.c.state, jobs.c.created_at)
+Index("ix_jobs_user_recipe_created", jobs.c.user_id, jobs.c.recipe_id, jobs.c.created_at)
+Index("ix_jobs_user_finished", jobs.c.user_id, jobs.c.finished_at)  # Omnitool's "finished in the last 20 min"
 Index(
     "ix_jobs_pending",
     jobs.c.priority.desc(),  # the claim's exact order (priority DESC, created_at, id): no sort per claim
