@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from tests.api.shapes import assert_error
 from tests.api.test_jobs import wait_result
@@ -206,3 +207,65 @@ async def test_disabling_a_user_stops_their_tokens_and_others_cannot_revoke_them
         assert (await frank.get("/api/v1/jobs")).status_code == 200
         await server.runtime.auth.set_disabled("frank", True)
         assert_error(await frank.get("/api/v1/jobs"), 401, "unauthorized")
+
+
+async def test_a_manage_token_limited_to_recipes_manages_only_those(server: Any, client: Any) -> None:
+    token = await server.token("ivy", action="manage", subject="all")
+    async with await server.authed_client(token) as ivy:
+        for recipe_id in ("ivy-a", "ivy-b"):
+            assert (await ivy.post("/api/v1/recipes", json={**ECHO, "id": recipe_id})).status_code == 201
+    limited = await server.token("ivy", action="manage", subject="Workflow", recipes=["ivy-a"])
+    async with await server.authed_client(limited) as ivy_a:
+        assert (await ivy_a.put("/api/v1/recipes/ivy-a", json=ECHO)).status_code == 200
+        assert_error(await ivy_a.put("/api/v1/recipes/ivy-b", json=ECHO), 403, "forbidden")
+        assert_error(await ivy_a.delete("/api/v1/recipes/ivy-b"), 403, "forbidden")
+        assert_error(await ivy_a.post("/api/v1/recipes", json={**ECHO, "id": "ivy-c"}), 403, "forbidden")
+        ran = await ivy_a.post("/api/v1/jobs", json={"recipe": "ivy-b", "inputs": {"text": "x"}})
+        assert_error(ran, 403, "forbidden")
+
+
+async def test_admin_powers_need_an_unlimited_manage_all_token(server: Any, client: Any) -> None:
+    async with await server.authed_client(await server.token("jack", action="manage", subject="all")) as jack:
+        assert (await jack.post("/api/v1/recipes", json={**ECHO, "id": "jacks"})).status_code == 201
+    assert (await client.get("/api/v1/recipes/jacks")).status_code == 200  # the admin's manage-all token
+    exec_token = await server.token(action="exec", subject="Workflow")  # what an admin hands a client
+    async with await server.authed_client(exec_token) as admin_exec:
+        assert_error(await admin_exec.get("/api/v1/recipes/jacks"), 404, "not_found")
+        assert "jacks" not in {r["id"] for r in (await admin_exec.get("/api/v1/recipes")).json()["items"]}
+
+
+async def test_a_limited_token_cancels_only_jobs_of_its_recipes_and_revokes_only_itself(server: Any) -> None:
+    async with await server.authed_client(await server.token("kim", action="manage", subject="all")) as kim:
+        slow = {
+            "name": "Slow",
+            "nodes": {
+                "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text"}}}},
+                "wait": {"block": "delay", "config": {"seconds": 5}, "inputs": {"value": "start.text"}},
+                "out": {"block": "recipe_output", "inputs": {"text": "start.text"}},
+            },
+        }
+        created = await kim.post("/api/v1/recipes", json={**slow, "id": "kims-slow"})
+        assert created.status_code == 201, created.text
+        job = (await kim.post("/api/v1/jobs", json={"recipe": "kims-slow", "inputs": {"text": "x"}})).json()
+        other_token = (await kim.get("/api/v1/auth/me")).json()["tokenId"]
+        limited = await server.token("kim", action="exec", subject="Workflow", recipes=["greeting"])
+        async with await server.authed_client(limited) as kim_greeting:
+            assert_error(await kim_greeting.post(f"/api/v1/jobs/{job['id']}/cancel"), 403, "forbidden")
+            assert_error(await kim_greeting.delete(f"/api/v1/auth/tokens/{other_token}"), 403, "forbidden")
+        assert (await kim.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code in (200, 202)
+
+
+async def test_a_token_minted_by_a_token_dies_with_it(server: Any) -> None:
+    parent = await server.token("lee", action="manage", subject="all", expires_in_ms=60_000)
+    async with await server.authed_client(parent) as lee:
+        minted = await lee.post("/api/v1/auth/token", json={"action": "exec", "expiresIn": 10**9})
+        assert minted.status_code == 201, minted.text
+        child = minted.json()
+        parent_id = (await lee.get("/api/v1/auth/me")).json()["tokenId"]
+        async with await server.authed_client(child["token"]) as lee_child:
+            me = await lee_child.get("/api/v1/auth/me")
+            assert me.status_code == 200
+            parent_exp = jwt.decode(parent, options={"verify_signature": False})["exp"]
+            assert child["expiresAt"] <= parent_exp * 1000  # asked for 11 days, lives no longer than its parent
+            assert (await lee.delete(f"/api/v1/auth/tokens/{parent_id}")).status_code == 204
+            assert_error(await lee_child.get("/api/v1/auth/me"), 401, "unauthorized")

@@ -3,6 +3,7 @@ and signed expiring links."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from typing import Any
@@ -176,6 +177,10 @@ async def test_signed_links_are_required_when_configured(make_settings: Any) -> 
             assert (await anonymous.get(image["url"] + "&width=4")).status_code == 200
             obj = await anonymous.get(image["url"] + "&obj=true")
             assert obj.status_code == 200 and obj.json()["fid"] == image["fid"]
+            # The descriptor repeats the link presented: asking for it never renews the link's expiry.
+            assert obj.json()["url"] == image["url"]
+            await asyncio.sleep(1.1)
+            assert (await anonymous.get(image["url"] + "&obj=true")).json()["url"] == image["url"]
             assert_omni_error(await anonymous.get(link.path), 403, "signed links only")
             tampered = {**query, "sig": "0" * 64}
             assert_omni_error(await anonymous.get(link.path, params=tampered), 403, "not valid")

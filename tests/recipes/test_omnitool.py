@@ -197,6 +197,24 @@ def test_a_recipe_without_recipe_output_returns_what_chat_output_shows(registry:
     assert any(w["code"] == "added_node" and w["node"] is None for w in imported.warnings)
 
 
+async def test_without_recipe_output_every_chat_output_is_returned(registry: BlockRegistry) -> None:
+    doc = load("greeting")
+    nodes = doc["rete"]["nodes"]
+    del nodes["9"]  # the Recipe Output; node 7's text now feeds two chat messages
+    second = json.loads(json.dumps(nodes["100"]))
+    second["id"] = 101
+    nodes["101"] = second
+    nodes["7"]["outputs"]["text"]["connections"] = [
+        {"node": 100, "input": "text", "data": {}},
+        {"node": 101, "input": "text", "data": {}},
+    ]
+    imported = read_omnitool(doc, registry)
+    output = imported.doc["nodes"]["output"]
+    assert output["inputs"] == {"text": "100.text", "text_101": "101.text"}
+    outputs = await run(imported.doc, registry, {"text": "Ada"})
+    assert set(outputs) == {"text", "text_101"} and outputs["text"] == outputs["text_101"]
+
+
 def test_a_recipe_without_chat_input_gets_a_start_node(registry: BlockRegistry) -> None:
     recipe = load("documents")
     del recipe["rete"]["nodes"]["1"]

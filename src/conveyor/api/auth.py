@@ -61,6 +61,7 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 async def issue_token(body: TokenRequest, request: Request, rt: Runtime = Depends(runtime)) -> Response:
     header = request.headers.get("authorization")
     basic = _basic_credentials(header)
+    caller: Principal | None = None
     if basic is not None:
         user = await rt.auth.check_password(*basic)
     else:
@@ -70,7 +71,7 @@ async def issue_token(body: TokenRequest, request: Request, rt: Runtime = Depend
             raise ForbiddenError("issuing tokens needs a password (Basic) or a token with `manage all`")
         user = await rt.auth.get_user(caller.user_id)
     scope = make_scope(body.action, body.subject, body.recipes)
-    issued = await rt.auth.issue_token(user, [scope], body.expires_in)
+    issued = await rt.auth.issue_token(user, [scope], body.expires_in, parent=caller)
     return json_response(
         {
             "token": issued.token,

@@ -15,9 +15,11 @@ import io
 import mimetypes
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -163,14 +165,22 @@ def extension(name: str, mime: str) -> str:
 
 
 def descriptor(
-    ref: FileRef, *, host: str, signer: LinkSigner | None, meta: dict[str, Any] | None = None
+    ref: FileRef,
+    *,
+    host: str,
+    signer: LinkSigner | None,
+    meta: dict[str, Any] | None = None,
+    link_query: str | None = None,
 ) -> dict[str, Any]:
-    """Omnitool's file descriptor of a stored file (`host` is what `ticket.url` names, as Omnitool's does)."""
+    """Omnitool's file descriptor of a stored file (`host` is what `ticket.url` names, as Omnitool's does).
+
+    With signed links, `url` is signed afresh unless `link_query` (the link the caller presented) is given.
+    """
     fid = ref["fid"]
     ext = extension(ref["name"], ref["mime"])
     url = f"/fid/{fid}"
     if signer is not None:
-        url += "?" + signer.query(fid)
+        url += "?" + (link_query or signer.query(fid))
     return {
         "fid": fid,
         "ticket": {"fid": fid, "count": 1, "url": host, "publicUrl": host},
@@ -196,10 +206,13 @@ async def file_meta(files: FileService, ref: FileRef) -> dict[str, Any]:
     return {"width": facts.width, "height": facts.height, "type": facts.format.lower()}
 
 
-async def describe(request: Request, files: FileService, ref: FileRef) -> dict[str, Any]:
+async def describe(
+    request: Request, files: FileService, ref: FileRef, *, link_query: str | None = None
+) -> dict[str, Any]:
     """The descriptor of `ref` as this request's client should see it (signed `url` when links are signed)."""
     host = request.headers.get("host") or request.url.netloc
-    return descriptor(ref, host=host, signer=link_signer(request), meta=await file_meta(files, ref))
+    meta = await file_meta(files, ref)
+    return descriptor(ref, host=host, signer=link_signer(request), meta=meta, link_query=link_query)
 
 
 # ---------------------------------------------------------------------------------------------- GET /fid/{fid}
@@ -243,7 +256,9 @@ async def serve_fid(
     if ref is None:
         raise _FileNotFoundError(file_id)
     if obj:
-        body = orjson.dumps(await describe(request, files, ref))
+        # A signed link's descriptor carries that same link: asking for it must not renew the link's expiry.
+        presented = urlencode({"exp": exp, "sig": sig}) if signer is not None else None
+        body = orjson.dumps(await describe(request, files, ref, link_query=presented))
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
     disposition = "inline" if not download and is_inline_safe(ref["mime"]) else "attachment"
     headers = {
@@ -253,12 +268,50 @@ async def serve_fid(
         "Cache-Control": f"private, max-age={min(left, CACHE_S)}" + (", immutable" if signer is None else ""),
     }
     if width is not None or height is not None:
-        data = await resized(files, ref, width or height or 1, height or width or 1, fit or "cover", position)
+        thumbnails = _thumbnails(request)
+        key = (file_id, width or height or 1, height or width or 1, fit or "cover", position)
+        data = thumbnails.get(key)
+        if data is None:
+            async with thumbnails.slots:  # anyone with a link may ask: resizes take turns, not every core
+                data = await resized(files, ref, key[1], key[2], key[3], position)
+            thumbnails.put(key, data)
         return Response(data, media_type=ref["mime"], headers=headers)
     if fit is not None or position is not None:
         raise ValidationError("`fit` and `position` need `width` or `height`")
     headers["Content-Length"] = str(ref["size"])
     return StreamingResponse(files.open(file_id), media_type=ref["mime"], headers=headers)
+
+
+class Thumbnails:
+    """Resized images kept in memory (bounded in bytes, oldest out first), and a bound on resizes at once."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, concurrent: int = 2) -> None:
+        self.max_bytes = max_bytes
+        self.slots = asyncio.Semaphore(concurrent)
+        self._kept: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        data = self._kept.get(key)
+        if data is not None:
+            self._kept.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[Any, ...], data: bytes) -> None:
+        if len(data) > self.max_bytes // 8 or key in self._kept:
+            return
+        self._kept[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, old = self._kept.popitem(last=False)
+            self._bytes -= len(old)
+
+
+def _thumbnails(request: Request) -> Thumbnails:
+    thumbnails: Thumbnails | None = getattr(request.app.state, "fid_thumbnails", None)
+    if thumbnails is None:
+        thumbnails = request.app.state.fid_thumbnails = Thumbnails()
+    return thumbnails
 
 
 async def resized(files: FileService, ref: FileRef, width: int, height: int, fit: str, position: str | None) -> bytes:

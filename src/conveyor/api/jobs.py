@@ -252,7 +252,7 @@ async def read_result(job_id: str, rt: Runtime = Depends(runtime), me: Principal
 
 @router.post("/api/v1/jobs/{job_id}/cancel", summary="Cancel a job")
 async def cancel_job(job_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> Response:
-    await own_job(rt, me, job_id)
+    me.require_run((await own_job(rt, me, job_id))["recipe_id"])  # only what the token may run
     job = await rt.jobs.cancel(job_id)
     if job["state"] == "running" and rt.executor is not None and rt.executor.cancel_local(job_id):
         for _ in range(100):  # the runner stops the blocks and stores the cancellation within milliseconds

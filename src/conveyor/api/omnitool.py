@@ -307,9 +307,10 @@ async def result_object(
 ) -> dict[str, Any]:
     """Omnitool's result (`text`, `objects`, `artifacts`) from a job's outputs, in the order they were named.
 
-    Text goes to `text`; files to the artifact list their output's name says (`images`, `audio`, `documents`,
-    `videos`, `files`), else the one their type says; everything else (objects, lists, numbers) to `objects`.
-    `describe_ref(ref)` gives a file's descriptor.
+    Text goes to `text` (the `text` output split into lines, as Omnitool's array socket does); files to the
+    artifact list their output's name says (`images`, `audio`, `documents`, `videos`, `files`), else the one
+    their type says; everything else (objects, lists, numbers) to `objects`. `describe_ref(ref)` gives a
+    file's descriptor.
     """
     text: list[str] = []
     objects: list[Any] = []
@@ -318,7 +319,8 @@ async def result_object(
         if value is None:
             continue
         if isinstance(value, str):
-            text.append(value)
+            # Omnitool's Recipe Output takes `text` as an array socket, which splits a string into its lines.
+            text.extend(value.split("\n") if name == "text" else [value])
         elif is_file_ref(value) or (isinstance(value, list) and value and all(is_file_ref(v) for v in value)):
             for ref in value if isinstance(value, list) else [value]:
                 described = await describe_ref(ref)
@@ -359,11 +361,13 @@ async def stop_workflow(
     body = StopBody.model_validate_json(raw) if raw.strip() not in (b"", b"null") else StopBody()
     if body.job_id is not None:
         job = await _own_job(rt, me, body.job_id)
+        me.require_run(job["recipe_id"])  # a token limited to recipe A stops only A's jobs
         if not is_terminal(job["state"]):
             await stop_job(rt, job["id"])
     else:
         for row in await rt.jobs.active(me.user_id, limit=MAX_LISTED):
-            await stop_job(rt, row["id"])
+            if me.may_run(row["recipe_id"]):
+                await stop_job(rt, row["id"])
     return json_response({})
 
 
@@ -387,7 +391,7 @@ async def list_workflows(
     limit: int = Query(10, ge=1, le=500, description="Page size (Omnitool's default, 10)."),
     bookmark: str | None = Query(None, max_length=200, description="The id of the first recipe of the page."),
 ) -> Response:
-    viewer = None if me.is_admin else me.user_id  # admins see every recipe
+    viewer = me.user_id  # the recipes the caller can run with exec (shared ones and their own)
     after: tuple[int, str] | None = None
     first: list[Row] = []
     if bookmark:

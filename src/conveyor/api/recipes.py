@@ -61,14 +61,14 @@ def contract(graph: RecipeGraph) -> dict[str, Any]:
 
 def viewer(me: Principal) -> str | None:
     """Whose recipes the caller sees: admins every recipe (None), others shared ones and their own."""
-    return None if me.is_admin else me.user_id
+    return None if me.acts_as_admin else me.user_id
 
 
 async def editable_recipe(rt: Runtime, me: Principal, recipe_id: str) -> Row:
     """A recipe the caller may change: `manage` on Workflow, and their own (admins: any, shared ones too)."""
-    me.require("manage", "Workflow")
     row = await rt.recipes.get(recipe_id, viewer=viewer(me))
-    if not me.is_admin and row["owner_id"] != me.user_id:
+    me.require_manage(row["id"])
+    if not me.acts_as_admin and row["owner_id"] != me.user_id:
         raise ForbiddenError(f"recipe {recipe_id!r} is shared; only an admin may change it")
     return row
 
@@ -77,7 +77,7 @@ async def editable_recipe(rt: Runtime, me: Principal, recipe_id: str) -> Row:
 async def create_recipe(
     request: Request, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)
 ) -> dict[str, Any]:
-    me.require("manage", "Workflow")
+    me.require_manage()
     row = await rt.recipes.create(await _read_document(request, rt), owner_id=me.user_id)
     return recipe_summary(row)
 
@@ -99,7 +99,7 @@ async def import_recipe(
     allow_missing_camel: bool = Query(False, alias="allowMissing", description="Same as `allow_missing`."),
 ) -> dict[str, Any]:
     """Saves Omnitool recipe JSON as a native recipe (keeping its id); the answer lists the import's warnings."""
-    me.require("manage", "Workflow")
+    me.require_manage()
     imported = read_omnitool(
         await _read_document(request, rt),
         rt.registry,

@@ -14,11 +14,17 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+_DUMMY_HASH = _hasher.hash("a password nobody has")
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
-    """Whether `password` matches; False for a user without a password or an unreadable hash."""
-    if not password_hash or len(password) > MAX_PASSWORD_CHARS:
+    """Whether `password` matches; False for a user without a password or an unreadable hash.
+
+    An unknown user is checked against a dummy hash, so the time taken does not tell which names exist.
+    """
+    if len(password) > MAX_PASSWORD_CHARS:
         return False
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False

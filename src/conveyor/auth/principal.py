@@ -22,6 +22,7 @@ class Principal:
     org_id: str | None
     scopes: tuple[Scope, ...]
     token_id: str | None = None
+    token_expires_at: int | None = None  # epoch seconds
 
     def can(self, action: str, subject: str = "Workflow") -> bool:
         """Whether some scope grants `action` on `subject`, whatever its recipe limits."""
@@ -46,7 +47,31 @@ class Principal:
                 raise ForbiddenError(f"this token is not allowed to run recipe {recipe_id!r}")
             raise ForbiddenError("this token does not allow running recipes (needs exec on Workflow)")
 
+    def may_manage(self, recipe_id: str) -> bool:
+        """Whether a scope allows changing recipe `recipe_id` (`manage` on Workflow or all, within its limits)."""
+        return any(
+            scope.grants("manage", "Workflow") and (scope.recipe_ids is None or recipe_id in scope.recipe_ids)
+            for scope in self.scopes
+        )
+
+    def require_manage(self, recipe_id: str | None = None) -> None:
+        """`manage` on this recipe; with None (a new recipe, an import) `manage` without recipe limits."""
+        allowed = (
+            any(s.grants("manage", "Workflow") and s.recipe_ids is None for s in self.scopes)
+            if recipe_id is None
+            else self.may_manage(recipe_id)
+        )
+        if not allowed:
+            what = "new recipes" if recipe_id is None else f"recipe {recipe_id!r}"
+            raise ForbiddenError(f"this token may not manage {what} (needs manage on Workflow)")
+
     @property
     def unlimited_manager(self) -> bool:
         """A token that may do anything its user may (`manage all` without recipe limits)."""
         return any(s.action == "manage" and s.subject == "all" and s.recipe_ids is None for s in self.scopes)
+
+    @property
+    def acts_as_admin(self) -> bool:
+        """An admin's powers (every recipe, anyone's tokens) need an admin user *and* an unlimited `manage all`
+        token: the exec token an admin hands to a client must not carry them."""
+        return self.is_admin and self.unlimited_manager

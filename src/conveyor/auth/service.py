@@ -22,6 +22,7 @@ from conveyor.store.db import Database, Op, Row
 
 log = logging.getLogger("conveyor.auth")
 ADMIN_PASSWORD_FILE = "initial-admin-password"
+_CHECKED_MAX = 4096
 MAX_NAME = 200
 
 _USER_COLUMNS = "id, name, email, is_admin, disabled, org_id, created_at"
@@ -58,6 +59,8 @@ class AuthService:
         self.db = db
         self.codec = codec
         self.max_token_ttl_ms = max_token_ttl_s * 1000
+        # token -> (caller, the database's outside-writes counter when its token and user were read).
+        self._checked: dict[str, tuple[Principal, int]] = {}
 
     # Users and organizations
 
@@ -69,18 +72,21 @@ class AuthService:
         """
         if await self.db.fetch_val("SELECT COUNT(*) FROM users") > 0:
             return None
-        if not password:
-            password = secrets.token_urlsafe(18)
+        generated = not password
+        password = password or secrets.token_urlsafe(18)
+        try:
+            admin = await self.create_user(name, password=password, is_admin=True)
+        except ConflictError:
+            return None  # another process created it first (and wrote its password)
+        if generated:
+            # Written only by the process whose admin was stored, so the file never holds a password of nobody.
             path = data_dir / ADMIN_PASSWORD_FILE
             data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(password + "\n")
             log.warning("created admin user %r; its password is in %s", name, path)
-        try:
-            return await self.create_user(name, password=password, is_admin=True)
-        except ConflictError:
-            return None  # another process created it first
+        return admin
 
     async def create_user(
         self,
@@ -143,6 +149,7 @@ class AuthService:
         """Disables (or enables again) a user: every token of theirs stops working at once."""
         user = await self.get_user(ref)
         await self.db.execute("UPDATE users SET disabled = $2 WHERE id = $1", user["id"], int(disabled))
+        self._forget(user_id=user["id"])
         return await self.get_user(user["id"])
 
     async def check_password(self, name: str, password: str) -> Row:
@@ -157,8 +164,13 @@ class AuthService:
 
     # Tokens
 
-    async def issue_token(self, user: Row, scopes: Iterable[Scope], expires_in_ms: int) -> IssuedToken:
-        """Signs a token for `user` and records it (so that it can be revoked by its id)."""
+    async def issue_token(
+        self, user: Row, scopes: Iterable[Scope], expires_in_ms: int, *, parent: Principal | None = None
+    ) -> IssuedToken:
+        """Signs a token for `user` and records it (so that it can be revoked by its id).
+
+        A token issued by another (`parent`) lives no longer than it and is revoked with it.
+        """
         scopes = tuple(scopes)
         if not scopes:
             raise ValidationError("a token needs at least one scope")
@@ -166,14 +178,17 @@ class AuthService:
             raise ValidationError(f"expires_in must be 1-{self.max_token_ttl_ms} milliseconds")
         if user["disabled"]:
             raise ForbiddenError(f"user {user['name']!r} is disabled")
-        token, claims = self.codec.issue(user["id"], scopes, expires_in_ms)
+        not_after = parent.token_expires_at if parent is not None else None
+        token, claims = self.codec.issue(user["id"], scopes, expires_in_ms, not_after=not_after)
         await self.db.execute(
-            "INSERT INTO auth_tokens (id, user_id, scopes, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO auth_tokens (id, user_id, scopes, created_at, expires_at, parent_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
             claims.token_id,
             user["id"],
             json.dumps([s.to_claim() for s in scopes]),
             _now_ms(),
             claims.expires_at * 1000,
+            parent.token_id if parent is not None else None,
         )
         return IssuedToken(token, claims.token_id, user["id"], claims.expires_at * 1000, scopes)
 
@@ -182,13 +197,23 @@ class AuthService:
         row = None
         if len(token_id) <= 64 and "\x00" not in token_id:
             row = await self.db.fetch_one("SELECT id, user_id, revoked_at FROM auth_tokens WHERE id = $1", token_id)
-        if row is None or (by is not None and not by.is_admin and row["user_id"] != by.user_id):
+        if row is None or (by is not None and not by.acts_as_admin and row["user_id"] != by.user_id):
             raise NotFoundError("token", token_id)
-        if row["revoked_at"] is None:
-            await self.db.execute(
-                "UPDATE auth_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", token_id, _now_ms()
-            )
-        self.codec.forget(token_id)
+        if by is not None and token_id != by.token_id and not by.unlimited_manager:
+            # A narrow token (an exec token handed to a client) may revoke itself, not its user's other tokens.
+            raise ForbiddenError("revoking another token needs a token with manage all")
+        # The token and every token issued from it, down the line.
+        revoked = await self.db.execute_returning(
+            "WITH RECURSIVE tree(id) AS (SELECT CAST($1 AS VARCHAR(36))"
+            " UNION SELECT t.id FROM auth_tokens t JOIN tree ON t.parent_id = tree.id)"
+            " UPDATE auth_tokens SET revoked_at = $2 WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL"
+            " RETURNING id",
+            token_id,
+            _now_ms(),
+        )
+        for gone in {token_id, *(r["id"] for r in revoked)}:
+            self.codec.forget(gone)
+            self._forget(token_id=gone)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller named by an `Authorization: Bearer <jwt>` header; 401 for anything else."""
@@ -197,8 +222,15 @@ class AuthService:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise UnauthorizedError("Authorization must be `Bearer <token>`")
-        claims = self.codec.verify(credentials.strip())
-        # Looked up on every request: revoking a token or disabling its user takes effect at once.
+        token = credentials.strip()
+        claims = self.codec.verify(token)  # signature, audience and expiry, on every request
+        # Revocation and disabling act at once: the token's row and its user are read on every request, unless
+        # nothing was committed since they were last read — by this process (which drops the entry when it
+        # revokes or disables) or, as the database tells cheaply (SQLite), by any other.
+        version = self.db.outside_writes()
+        checked = self._checked.get(token)
+        if checked is not None and version is not None and checked[1] == version:
+            return checked[0]
         row = await self.db.fetch_one(_TOKEN_OWNER, claims.token_id)
         if row is None or row["id"] != claims.user_id:
             raise UnauthorizedError("token is not valid: unknown token")
@@ -206,14 +238,25 @@ class AuthService:
             raise UnauthorizedError("token revoked")
         if row["disabled"]:
             raise UnauthorizedError("user disabled")
-        return Principal(
+        caller = Principal(
             user_id=row["id"],
             user_name=row["name"],
             is_admin=bool(row["is_admin"]),
             org_id=row["org_id"],
             scopes=claims.scopes,
             token_id=claims.token_id,
+            token_expires_at=claims.expires_at,
         )
+        if version is not None:
+            if len(self._checked) >= _CHECKED_MAX:
+                self._checked.clear()
+            self._checked[token] = (caller, version)
+        return caller
+
+    def _forget(self, *, token_id: str | None = None, user_id: str | None = None) -> None:
+        for token, (caller, _) in list(self._checked.items()):
+            if caller.token_id == token_id or caller.user_id == user_id:
+                self._checked.pop(token, None)
 
     async def token_info(self, token_id: str) -> dict[str, Any] | None:
         row = await self.db.fetch_one(

@@ -78,14 +78,18 @@ class TokenCodec:
         self.audience = audience
         self._verified: dict[str, TokenClaims] = {}
 
-    def issue(self, user_id: str, scopes: Iterable[Scope], expires_in_ms: int) -> tuple[str, TokenClaims]:
-        """A new token for `user_id`, valid for `expires_in_ms` milliseconds (rounded up to the second)."""
+    def issue(
+        self, user_id: str, scopes: Iterable[Scope], expires_in_ms: int, *, not_after: int | None = None
+    ) -> tuple[str, TokenClaims]:
+        """A new token for `user_id`, valid for `expires_in_ms` milliseconds (rounded up to the second), and
+        never past `not_after` (epoch seconds) when given."""
         now = time.time()
+        expires_at = math.ceil(now + expires_in_ms / 1000)
         claims = TokenClaims(
             token_id=str(uuid.uuid4()),
             user_id=user_id,
             issued_at=int(now),
-            expires_at=math.ceil(now + expires_in_ms / 1000),
+            expires_at=expires_at if not_after is None else min(expires_at, not_after),
             scopes=tuple(scopes),
         )
         payload = {

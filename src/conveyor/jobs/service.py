@@ -58,7 +58,7 @@ class JobService:
         """
         now = time.monotonic()
         if now - self._counted_at > PENDING_RECOUNT_S:
-            self._pending_seen = int(await self.db.fetch_val(q.COUNT_PENDING))
+            self._pending_seen = int(await self.db.fetch_val(q.count_pending_sql(self.db.dialect)))
             self._counted_at = now
             self._submitted_since_count = 0
         return self._pending_seen + self._submitted_since_count < self.max_pending * PENDING_SAFE_FRACTION
@@ -96,6 +96,7 @@ class JobService:
                 on_interrupt=on_interrupt,
                 created_at=at,
                 max_pending=self.max_pending if bounded else None,
+                dialect=self.db.dialect,
             )
         )
         if inserted:

@@ -409,16 +409,19 @@ class _Translation:
                 for builder in self.builders.values()
                 if builder.block == "chat_output" and builder.node.id not in self.placeholders
             ]
-            if shown:
-                wired = self.nodes[shown[0].key]["inputs"]
+            # Every chat message becomes part of the result: the first under Omnitool's own names (so the
+            # result object sorts it as Omnitool would), the others with their node id after the name.
+            for index, node in enumerate(shown):
+                wired = self.nodes[node.key]["inputs"]
                 for port in CHAT_OUTPUT_PORTS:
                     if port in wired:
-                        inputs["objects" if port == "object" else port] = f"{shown[0].key}.{port}"
+                        name = "objects" if port == "object" else port
+                        inputs[name if index == 0 else f"{name}_{node.key}"] = f"{node.key}.{port}"
             output: dict[str, Any] = {"block": "recipe_output", "meta": {META_KEY: {"synthetic": "output"}}}
             if inputs:
                 output["inputs"] = inputs
             self.nodes["output"] = output
-            what = f"what chat_output node {shown[0].id} shows" if shown else "nothing"
+            what = f"what chat_output nodes {', '.join(str(n.id) for n in shown)} show" if shown else "nothing"
             self.warnings.append(
                 Issue(
                     None,

@@ -41,8 +41,10 @@ auth_tokens = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger),
+    Column("parent_id", String(36)),  # the token that issued this one: revoking it revokes this one too
 )
 Index("ix_auth_tokens_user", auth_tokens.c.user_id, auth_tokens.c.created_at)
+Index("ix_auth_tokens_parent", auth_tokens.c.parent_id)
 
 recipes = Table(
     "recipes",
