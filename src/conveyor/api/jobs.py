@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -149,8 +149,12 @@ async def submit_for(
     revision: int | None = None,
     priority: int = 0,
     idempotency_key: str | None = None,
+    webhooks: Sequence[tuple[str, str, str, str]] = (),
 ) -> tuple[Row, bool]:
-    """Submits a job of a recipe the caller sees and may run, as the caller; every dialect's submit ends here."""
+    """Submits a job of a recipe the caller sees and may run, as the caller; every dialect's submit ends here.
+
+    `webhooks` are `(url, method, headers JSON, dialect)`, checked by the caller.
+    """
     recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
     me.require_run(recipe["id"])
     inputs = await prepare_inputs(graph.contract, raw_inputs, rt.files.bind(user_id=me.user_id, job_id=None))
@@ -163,6 +167,8 @@ async def submit_for(
         idempotency_key=idempotency_key,
         priority=priority,
         user_id=me.user_id,
+        api_key_id=me.api_key_id,
+        webhooks=webhooks,
     )
     if created and rt.executor is not None:
         rt.executor.notify()

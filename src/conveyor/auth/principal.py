@@ -23,6 +23,8 @@ class Principal:
     scopes: tuple[Scope, ...]
     token_id: str | None = None
     token_expires_at: int | None = None  # epoch seconds
+    api_key_id: str | None = None  # set when the caller used an API key rather than a JWT
+    key_kind: str | None = None  # personal | org | recipe
 
     def can(self, action: str, subject: str = "Workflow") -> bool:
         """Whether some scope grants `action` on `subject`, whatever its recipe limits."""

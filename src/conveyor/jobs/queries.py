@@ -41,24 +41,30 @@ def count_pending_sql(dialect: str) -> str:
     return f"SELECT COUNT(*) FROM {pending_jobs(dialect)} WHERE state = 'pending'"
 
 
+_JOB_COLUMNS = """jobs (id, recipe_id, revision, user_id, state, priority, inputs, idempotency_scope, idempotency_key,
+                  timeout_s, on_interrupt, created_at, updated_at, api_key_id, webhook_count)"""
+_JOB_VALUES = "$1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11, $12, $13"
+
+
 def insert_job_sql(dialect: str) -> str:
-    """The bounded submit: the row goes in only while fewer than $12 jobs wait."""
+    """The bounded submit: the row goes in only while fewer than $14 jobs wait."""
     return f"""
-INSERT INTO jobs (id, recipe_id, revision, user_id, state, priority, inputs, idempotency_scope, idempotency_key,
-                  timeout_s, on_interrupt, created_at, updated_at)
-SELECT $1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11
-WHERE ({count_pending_sql(dialect)}) < $12
+INSERT INTO {_JOB_COLUMNS}
+SELECT {_JOB_VALUES}
+WHERE ({count_pending_sql(dialect)}) < $14
 ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 """
 
 
 # The same without the queue bound: used while the queue is known to be far from full (see JobService.submit).
-INSERT_JOB_UNBOUNDED = """
-INSERT INTO jobs (id, recipe_id, revision, user_id, state, priority, inputs, idempotency_scope, idempotency_key,
-                  timeout_s, on_interrupt, created_at, updated_at)
-VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11)
+INSERT_JOB_UNBOUNDED = f"""
+INSERT INTO {_JOB_COLUMNS}
+VALUES ({_JOB_VALUES})
 ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 """
+INSERT_JOB_WEBHOOK = (
+    "INSERT INTO job_webhooks (job_id, position, url, method, headers, dialect) VALUES ($1, $2, $3, $4, $5, $6)"
+)
 PENDING_EVENT = '{"state":"pending"}'
 INSERT_STATE_EVENT_IF_JOB = """
 INSERT INTO job_events (job_id, kind, node, data, at)
@@ -101,15 +107,24 @@ def insert_job_ops(
     created_at: int,
     max_pending: int | None,
     dialect: str,
+    api_key_id: str | None = None,
+    webhooks: Sequence[tuple[str, str, str, str]] = (),
 ) -> list[Op]:
-    """The submit: the job row (unless the queue is full or the key was used) and its `pending` event.
+    """The submit: the job row (unless the queue is full or the key was used), its webhooks
+    (`(url, method, headers JSON, dialect)`, written only with the row) and its `pending` event.
 
     With `max_pending` the insert itself counts the queue; None skips that count.
     """
     args: tuple[Any, ...] = (job_id, recipe_id, revision, user_id, priority, inputs, idempotency_scope)
-    args += (idempotency_key, timeout_s, on_interrupt, created_at)
+    args += (idempotency_key, timeout_s, on_interrupt, created_at, api_key_id, len(webhooks))
+    ops = [
+        Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(insert_job_sql(dialect), (*args, max_pending))
+    ]
+    if webhooks:
+        rows = [(job_id, position, *hook) for position, hook in enumerate(webhooks)]
+        ops.append(Op(INSERT_JOB_WEBHOOK, rows, many=True, if_changed=True))
     return [
-        Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(insert_job_sql(dialect), (*args, max_pending)),
+        *ops,
         # Without a key or a bound the job row is surely inserted, so its event needs no check.
         Op(INSERT_EVENT, (job_id, "state", None, PENDING_EVENT, created_at))
         if max_pending is None and idempotency_key is None

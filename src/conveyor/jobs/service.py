@@ -74,8 +74,14 @@ class JobService:
         user_id: str | None = None,
         idempotency_key: str | None = None,
         priority: int = 0,
+        api_key_id: str | None = None,
+        webhooks: Sequence[tuple[str, str, str, str]] = (),
     ) -> tuple[Row, bool]:
-        """Queues a job; returns (job, created). A repeated idempotency key returns the first job."""
+        """Queues a job; returns (job, created). A repeated idempotency key returns the first job.
+
+        `webhooks` (`(url, method, headers JSON, dialect)`, already checked) are stored with the job, in the
+        same transaction.
+        """
         job_id = uuid7()
         at = q.now_ms()
         scope = user_id or ""
@@ -97,6 +103,8 @@ class JobService:
                 created_at=at,
                 max_pending=self.max_pending if bounded else None,
                 dialect=self.db.dialect,
+                api_key_id=api_key_id,
+                webhooks=webhooks,
             )
         )
         if inserted:
