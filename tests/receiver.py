@@ -38,14 +38,15 @@ class Receiver:
         self.port = 0
         self.seen: list[Seen] = []
         self.routes: dict[str, Reply] = {}
+        self.scripts: dict[str, list[Reply]] = {}  # answered first, one per request, before `routes`
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.port}{path}"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+    async def start(self, port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -70,7 +71,9 @@ class Receiver:
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.seen.append(Seen(method, path, headers, body))
-            reply = self.routes.get(path, Reply())
+            route = path.split("?", 1)[0]
+            script = self.scripts.get(route)
+            reply = script.pop(0) if script else self.routes.get(path, self.routes.get(route, Reply()))
             if reply.stall_s:
                 await asyncio.sleep(reply.stall_s)
             fields = {"Connection": "close", "Content-Type": reply.content_type}

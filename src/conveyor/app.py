@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor import __version__
-from conveyor.api import auth, fid, files, health, jobs, omnitool, recipes
+from conveyor.api import auth, fid, files, health, jobs, keys, omnitool, recipes, webhooks
 from conveyor.api.errors import error_body, install_error_handlers, is_omnitool_path, omnitool_error_body
 from conveyor.recipes.seed import seed_demo_recipes
 from conveyor.runtime import open_runtime
@@ -124,7 +124,17 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
     install_error_handlers(app)
     # The routes go straight onto the app, hot ones first: `include_router` wraps each router in a layer that
     # matching walks through on every request (~20% of a trivial job's server CPU, bench/profile_jobs.py).
-    for router in (jobs.router, health.router, recipes.router, files.router, auth.router, omnitool.router, fid.router):
+    for router in (
+        jobs.router,
+        health.router,
+        recipes.router,
+        files.router,
+        auth.router,
+        keys.router,
+        omnitool.router,
+        fid.router,
+        webhooks.router,
+    ):
         app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, max_body=settings.limits.max_body_bytes, max_upload=settings.limits.max_upload_bytes)
     app.state.settings = settings

@@ -21,6 +21,8 @@ recipes_app = typer.Typer(help="Manage recipes in the store.", no_args_is_help=T
 app.add_typer(recipes_app, name="recipes")
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -380,6 +382,55 @@ def token(
 async def _revoke(rt: Any, token_id: str) -> None:
     await rt.auth.revoke_token(token_id)
     console.print(f"revoked token {token_id}")
+
+
+@keys_app.command("create")
+def keys_create(
+    kind: str = typer.Option(..., "--kind", help="personal, org or recipe."),
+    name: str = typer.Option(..., "--name", help="A name to recognise the key by."),
+    recipe: str | None = typer.Option(None, "--recipe", help="The recipe (id or name) a recipe key runs."),
+    user: str | None = typer.Option(None, "--user", help="Owning user (default: the admin)."),
+) -> None:
+    """Creates an API key: prints the key alone on the last line, its webhook secret on standard error."""
+    settings = _settings()
+
+    async def work(rt: Any) -> None:
+        owner = await rt.auth.get_user(user or settings.auth.admin_name)
+        recipe_id = None
+        if recipe is not None:
+            recipe_id = (await rt.recipes.get(recipe, viewer=None if owner["is_admin"] else owner["id"]))["id"]
+        created = await rt.auth.keys.create(owner, kind, name, recipe_id=recipe_id)
+        err_console.print(f"key {created.row['id']} ({kind}) for {owner['name']}; webhook secret:")
+        err_console.print(created.webhook_secret, highlight=False)
+        print(created.key)  # alone on the last line, for scripts; never shown again
+
+    _with_runtime(work)
+
+
+@keys_app.command("list")
+def keys_list(user: str | None = typer.Option(None, "--user", help="Only this user's keys (default: all).")) -> None:
+    """Lists API keys, one a line, tab-separated (never the keys or their secrets)."""
+
+    async def work(rt: Any) -> None:
+        owner = (await rt.auth.get_user(user))["id"] if user else None
+        # Plain lines rather than a table: ids and prefixes must not be cut to fit a terminal.
+        print("id\tkind\tname\tprefix\tuser_id\trecipe\trevoked")
+        for row in await rt.auth.keys.list_keys(owner):
+            fields = (row["id"], row["kind"], row["name"], row["prefix"], row["user_id"], row["recipe_id"] or "")
+            print("\t".join((*fields, "revoked" if row["revoked_at"] else "")))
+
+    _with_runtime(work)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id.")) -> None:
+    """Revokes an API key: it stops working at once, on every server process."""
+
+    async def work(rt: Any) -> None:
+        await rt.auth.keys.revoke(key_id, user_id=None)
+        console.print(f"revoked key {key_id}")
+
+    _with_runtime(work)
 
 
 def main() -> None:

@@ -79,6 +79,17 @@ class QueueFullError(ConveyorError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimitedError(ConveyorError):
+    """An API key is over its rate limit or its concurrent-jobs cap; the API answers 429 with `Retry-After`."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PayloadTooLargeError(ConveyorError):
     """A body, file or image is over its limit; the API answers 413."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conveyor.auth.secret import load_signing_secret
 from conveyor.auth.service import AuthService
@@ -24,6 +24,8 @@ from conveyor.settings import Settings
 from conveyor.store.blobs import LocalBlobStore
 from conveyor.store.db import Database, open_database
 from conveyor.store.files import FileService
+from conveyor.webhooks.dialects import WebhookDialects, default_dialects
+from conveyor.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("conveyor")
 
@@ -42,6 +44,8 @@ class Runtime:
     engine: Engine
     executor: LocalExecutor | None
     auth: AuthService
+    webhook_dialects: WebhookDialects = field(default_factory=default_dialects)
+    dispatcher: Dispatcher | None = None  # runs where the executor runs
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +76,15 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
         )
         engine = Engine(files=files, http=http, limits=settings.limits, load_graph=recipes.latest_graph)
         executor = None
+        dialects = default_dialects()
+        dispatcher = None
         if run_executor:
+            # Started before the executor and stopped after it, so the deliveries of jobs that finish while the
+            # executor stops are sent too (or, past the grace, left in the outbox for the next start).
+            dispatcher = Dispatcher(db, jobs, http, dialects, settings.webhooks)
+            jobs.on_deliveries = dispatcher.notify
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
             executor = LocalExecutor(
                 jobs,
                 engine,
@@ -85,4 +97,4 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
             )
             await executor.start()
             stack.push_async_callback(executor.stop)
-        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor, auth)
+        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor, auth, dialects, dispatcher)

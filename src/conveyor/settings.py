@@ -107,6 +107,43 @@ class NetSettings(BaseModel):
         return value
 
 
+class WebhooksSettings(BaseModel):
+    """Delivery of job webhooks: retries, timeouts and how many are sent at once."""
+
+    retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        max_length=50,
+        description="Seconds before each attempt, comma-separated: the first attempt is made when the job ends, "
+        "each later one this long after the one before failed (with +-10% jitter). Their count is the number of "
+        "attempts.",
+    )
+    attempt_timeout_s: float = Field(default=15.0, gt=0, le=300, description="Per-attempt timeout.")
+    concurrency: int = Field(default=64, ge=1, le=10_000, description="Deliveries one process sends at once.")
+    poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often an idle dispatcher looks for due deliveries (other processes').",
+    )
+    max_retry_after_s: float = Field(
+        default=36_000, ge=0, description="Longest `Retry-After` a receiver can ask for; longer ones are cut to this."
+    )
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _not_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must not be negative")
+        return value
+
+
 class AuthSettings(BaseModel):
     """Users and the JWTs they call the API with."""
 
@@ -127,6 +164,27 @@ class AuthSettings(BaseModel):
     )
     max_token_ttl_s: int = Field(
         default=366 * 24 * 3600, ge=60, description="Longest lifetime a token may be issued with."
+    )
+
+
+class KeysSettings(BaseModel):
+    """API keys' default limits (a key's own overrides win) and webhook secret rotation."""
+
+    rate_limit_per_min: int = Field(
+        default=600,
+        ge=1,
+        le=1_000_000,
+        description="Requests a key may make per minute (a token bucket kept per server process, so N processes "
+        "allow up to N times this); more answer 429 with `Retry-After`.",
+    )
+    max_concurrent_jobs: int = Field(
+        default=100, ge=1, le=1_000_000, description="Jobs a key may have pending or running at once; more answer 429."
+    )
+    webhook_secret_grace_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=366 * 86_400,
+        description="How long a key's previous webhook secret still signs after a rotation (seconds).",
     )
 
 
@@ -153,6 +211,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     net: NetSettings = Field(default_factory=NetSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    keys: KeysSettings = Field(default_factory=KeysSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
 
     @property
     def database_url(self) -> str:

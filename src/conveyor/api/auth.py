@@ -24,7 +24,10 @@ async def principal(request: Request) -> Principal:
     found: Principal | None = request.scope.get(_PRINCIPAL)
     if found is None:
         rt: Runtime = request.app.state.runtime
-        found = await rt.auth.authenticate(request.headers.get("authorization"))
+        found = await rt.auth.authenticate(request.headers.get("authorization"), request.query_params.get("userId"))
+        if found.api_key_id is not None:
+            # Per key and per process (see `RateLimiter`): one key over its limit never slows another.
+            rt.auth.keys.admit(found.api_key_id, rt.settings.keys.rate_limit_per_min)
         request.scope[_PRINCIPAL] = found
     return found
 
@@ -66,6 +69,9 @@ async def issue_token(body: TokenRequest, request: Request, rt: Runtime = Depend
         user = await rt.auth.check_password(*basic)
     else:
         caller = await principal(request)
+        if caller.api_key_id is not None:
+            # A JWT minted by a key would outlive the key's revocation: keys do not issue tokens.
+            raise ForbiddenError("issuing tokens needs a password (Basic) or a JWT with `manage all`, not an API key")
         if not caller.unlimited_manager:
             # A narrower token must not mint a wider one: only a full `manage all` token (or a password) issues.
             raise ForbiddenError("issuing tokens needs a password (Basic) or a token with `manage all`")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor.errors import ConveyorError, QueueFullError
+from conveyor.errors import ConveyorError, QueueFullError, RateLimitedError
 
 log = logging.getLogger("conveyor.api")
 
@@ -66,7 +66,7 @@ def _respond(
 
 async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError | RateLimitedError) else None
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
     if exc.status >= 500:

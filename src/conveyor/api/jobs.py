@@ -21,6 +21,7 @@ from conveyor.jobs.inputs import prepare_inputs
 from conveyor.jobs.service import is_terminal
 from conveyor.runtime import Runtime
 from conveyor.store.db import Row
+from conveyor.webhooks.validation import check_webhooks
 
 router = APIRouter(tags=["jobs"])
 
@@ -36,6 +37,8 @@ class JobCreate(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     revision: int | None = Field(default=None, ge=1)
     priority: int = Field(default=0, ge=-100, le=100)
+    # `[{"url", "method"?, "headers"?}]`, checked by `check_webhooks` (shared by every dialect).
+    webhooks: list[Any] | None = None
 
     @field_validator("recipe")
     @classmethod
@@ -136,6 +139,7 @@ async def submit_job(request: Request) -> Response:
         revision=body.revision,
         priority=body.priority,
         idempotency_key=idempotency_key,
+        webhooks=check_webhooks(body.webhooks),
     )
     return json_response(job_summary(job), 202 if created else 200)
 
@@ -157,6 +161,8 @@ async def submit_for(
     """
     recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
     me.require_run(recipe["id"])
+    if me.api_key_id is not None:
+        await rt.auth.keys.check_concurrency(me.api_key_id, rt.settings.keys.max_concurrent_jobs)
     inputs = await prepare_inputs(graph.contract, raw_inputs, rt.files.bind(user_id=me.user_id, job_id=None))
     job, created = await rt.jobs.submit(
         recipe_id=recipe["id"],

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conveyor.auth.keys import KeyService, check_key, looks_like_key
 from conveyor.auth.passwords import MAX_PASSWORD_CHARS, hash_password, verify_password
 from conveyor.auth.principal import Principal
 from conveyor.auth.tokens import Scope, TokenCodec
@@ -61,6 +62,7 @@ class AuthService:
         self.max_token_ttl_ms = max_token_ttl_s * 1000
         # token -> (caller, the database's outside-writes counter when its token and user were read).
         self._checked: dict[str, tuple[Principal, int]] = {}
+        self.keys = KeyService(db, forget=lambda key_id: self._forget(api_key_id=key_id))
 
     # Users and organizations
 
@@ -215,14 +217,19 @@ class AuthService:
             self.codec.forget(gone)
             self._forget(token_id=gone)
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The caller named by an `Authorization: Bearer <jwt>` header; 401 for anything else."""
+    async def authenticate(self, authorization: str | None, acting_user: str | None = None) -> Principal:
+        """The caller named by an `Authorization: Bearer <jwt or API key>` header (or a bare `<API key>`, as
+        GPTBots' older docs show); 401 for anything else. `acting_user` (`?userId=`) is whom an org key acts for."""
         if not authorization:
             raise UnauthorizedError("missing Authorization header (Bearer token)")
         scheme, _, credentials = authorization.partition(" ")
+        if looks_like_key(authorization.strip()):
+            return await self._authenticate_key(authorization.strip(), acting_user)
         if scheme.lower() != "bearer" or not credentials.strip():
             raise UnauthorizedError("Authorization must be `Bearer <token>`")
         token = credentials.strip()
+        if looks_like_key(token):
+            return await self._authenticate_key(token, acting_user)
         claims = self.codec.verify(token)  # signature, audience and expiry, on every request
         # Revocation and disabling act at once: the token's row and its user are read on every request, unless
         # nothing was committed since they were last read — by this process (which drops the entry when it
@@ -253,9 +260,84 @@ class AuthService:
             self._checked[token] = (caller, version)
         return caller
 
-    def _forget(self, *, token_id: str | None = None, user_id: str | None = None) -> None:
+    async def _authenticate_key(self, key: str, acting_user: str | None) -> Principal:
+        """The caller an API key stands for; see `keys_principal` for what each kind may do."""
+        check_key(key)  # a malformed key or a wrong checksum is refused here, before the database is asked
+        cache_key = key if acting_user is None else f"{key}\x00{acting_user}"
+        version = self.db.outside_writes()  # as for JWTs: revocation acts at once, in every process
+        checked = self._checked.get(cache_key)
+        if checked is not None and version is not None and checked[1] == version:
+            caller = checked[0]
+        else:
+            row = await self.keys.lookup(key)
+            if row is None:
+                raise UnauthorizedError("API key is not valid: unknown key")
+            if row["revoked_at"] is not None:
+                raise UnauthorizedError("API key revoked")
+            if row["disabled"]:
+                raise UnauthorizedError("user disabled")
+            caller = await self._key_principal(row, acting_user)
+            if version is not None:
+                if len(self._checked) >= _CHECKED_MAX:
+                    self._checked.clear()
+                self._checked[cache_key] = (caller, version)
+        assert caller.api_key_id is not None
+        await self.keys.touch(caller.api_key_id)
+        return caller
+
+    async def _key_principal(self, row: Row, acting_user: str | None) -> Principal:
+        """A personal key acts as its user with `manage all`; a recipe key as its user with `exec Workflow` on its
+        recipe only; an org key with `exec Workflow` for the organization's user named by `acting_user` (by id or
+        name; default its creator). `acting_user` with another kind of key, or naming anyone outside the
+        organization, is 403."""
+        kind, key_id = row["kind"], row["id"]
+        if acting_user is not None and kind != "org":
+            raise ForbiddenError("userId is only for organization keys: this key acts as its own user")
+        user: Row = {"id": row["user_id"], "name": row["user_name"], "is_admin": row["is_admin"]}
+        scopes = (Scope("manage", "all"),)
+        if kind == "recipe":
+            scopes = (Scope("exec", "Workflow", frozenset({row["recipe_id"]})),)
+        elif kind == "org":
+            scopes = (Scope("exec", "Workflow"),)
+            if acting_user is not None:
+                user = await self._org_member(row["org_id"], acting_user)
+        return Principal(
+            user_id=user["id"],
+            user_name=user["name"],
+            # An org key acting for an admin must not carry the admin's powers; a PAT acts as its user fully.
+            is_admin=bool(user["is_admin"]) and kind == "personal",
+            org_id=row["org_id"] or row["user_org_id"],
+            scopes=scopes,
+            api_key_id=key_id,
+            key_kind=kind,
+        )
+
+    async def _org_member(self, org_id: str | None, ref: str) -> Row:
+        row = None
+        if org_id and 0 < len(ref) <= MAX_NAME and "\x00" not in ref:
+            row = await self.db.fetch_one(
+                "SELECT id, name, is_admin, disabled, org_id FROM users WHERE (id = $1 OR name = $1) AND org_id = $2",
+                ref,
+                org_id,
+            )
+        # The same answer for a user elsewhere and for nobody: the key learns nothing beyond its organization.
+        if row is None:
+            raise ForbiddenError(f"user {ref[:MAX_NAME]!r} is not in this key's organization")
+        if row["disabled"]:
+            raise ForbiddenError(f"user {row['name']!r} is disabled")
+        return row
+
+    def _forget(
+        self, *, token_id: str | None = None, user_id: str | None = None, api_key_id: str | None = None
+    ) -> None:
         for token, (caller, _) in list(self._checked.items()):
-            if caller.token_id == token_id or caller.user_id == user_id:
+            if (
+                (token_id is not None and caller.token_id == token_id)
+                or caller.user_id == user_id
+                or (api_key_id is not None and caller.api_key_id == api_key_id)
+                # An org key's entries are cached under the users it acts for: disabling its creator drops them all.
+                or (user_id is not None and caller.api_key_id is not None)
+            ):
                 self._checked.pop(token, None)
 
     async def token_info(self, token_id: str) -> dict[str, Any] | None:

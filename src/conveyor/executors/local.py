@@ -331,7 +331,14 @@ class LocalExecutor:
                 if events is None:
                     events = await self._drain_events(job.id)
                 ours = await self.jobs.finish(
-                    job.id, self.owner, state, outputs=outputs, error=error, usage=totals, events=events
+                    job.id,
+                    self.owner,
+                    state,
+                    outputs=outputs,
+                    error=error,
+                    usage=totals,
+                    events=events,
+                    webhook_count=job.webhook_count,
                 )
                 break
             except Exception:

@@ -14,11 +14,12 @@ from typing import Any
 
 from conveyor.jobs.states import JobState, sources_sql
 from conveyor.store.db import Database, Op, Row
+from conveyor.webhooks.outbox import deliveries_op
 
 JOB_COLUMNS = (
     "id, recipe_id, revision, user_id, state, priority, inputs, result, error, usage, idempotency_key, "
     "timeout_s, on_interrupt, lease_owner, lease_expires_at, cancel_requested, attempts, created_at, "
-    "started_at, finished_at, updated_at"
+    "started_at, finished_at, updated_at, webhook_count"
 )
 SUMMARY_COLUMNS = (
     "id, recipe_id, revision, user_id, state, priority, error, usage, idempotency_key, timeout_s, "
@@ -117,9 +118,7 @@ def insert_job_ops(
     """
     args: tuple[Any, ...] = (job_id, recipe_id, revision, user_id, priority, inputs, idempotency_scope)
     args += (idempotency_key, timeout_s, on_interrupt, created_at, api_key_id, len(webhooks))
-    ops = [
-        Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(insert_job_sql(dialect), (*args, max_pending))
-    ]
+    ops = [Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(insert_job_sql(dialect), (*args, max_pending))]
     if webhooks:
         rows = [(job_id, position, *hook) for position, hook in enumerate(webhooks)]
         ops.append(Op(INSERT_JOB_WEBHOOK, rows, many=True, if_changed=True))
@@ -143,7 +142,7 @@ UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 
        started_at = COALESCE(started_at, $2), attempts = attempts + 1, updated_at = $2
 WHERE {state} IN {sources_sql(JobState.RUNNING)} AND id IN (
     SELECT id FROM {source} WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
-RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested
+RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested, webhook_count
 """
 
 
@@ -157,8 +156,10 @@ def finish_ops(
     usage: str | None,
     events: Sequence[tuple[Any, ...]],
     at: int,
+    webhook_count: int = 0,
 ) -> list[Op]:
-    """The end of a run: terminal state, result, error and usage, the last node events and the state event."""
+    """The end of a run: terminal state, result, error and usage, the last node events and the state event, and
+    (only for a job with webhooks) its webhook deliveries, all written only if the move is allowed."""
     ops = [
         Op(
             f"""UPDATE jobs SET state = $2, result = $3, error = $4, usage = $5, finished_at = $6, updated_at = $6,
@@ -169,6 +170,8 @@ def finish_ops(
     ]
     if events:
         ops.append(moved_events(events))
+    if webhook_count:
+        ops.append(deliveries_op(job_id, webhook_count, state.value, at))
     return ops
 
 
@@ -207,7 +210,7 @@ WHERE id = $1 AND state = 'pending' AND state IN {sources_sql(JobState.CANCELLED
 REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'"
 
 LAPSED_SQL = """
-SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts FROM jobs
+SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts, webhook_count FROM jobs
 WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
 ORDER BY lease_expires_at LIMIT 500
 """

@@ -17,6 +17,7 @@ from conveyor.jobs import queries as q
 from conveyor.jobs.states import TERMINAL, JobState
 from conveyor.jobs.values import dumps, encode, rehydrate
 from conveyor.store.db import Database, Op, Row
+from conveyor.webhooks.outbox import deliveries_op
 
 PENDING_RECOUNT_S = 0.5
 PENDING_SAFE_FRACTION = 0.8
@@ -34,6 +35,7 @@ class ClaimedJob:
     timeout_s: int
     on_interrupt: str
     attempts: int
+    webhook_count: int = 0  # its finish writes this many webhook deliveries
 
 
 class JobService:
@@ -48,6 +50,12 @@ class JobService:
         self._pending_seen = 0
         self._counted_at = float("-inf")
         self._submitted_since_count = 0
+        # Called after a write that queued webhook deliveries (the dispatcher's `notify`), so they go out at once.
+        self.on_deliveries: Callable[[], None] | None = None
+
+    def _deliveries_written(self) -> None:
+        if self.on_deliveries is not None:
+            self.on_deliveries()
 
     async def _queue_far_from_full(self) -> bool:
         """Whether the queue is surely under its bound, judged from a count at most `PENDING_RECOUNT_S` old.
@@ -88,7 +96,7 @@ class JobService:
         encoded = (await encode(inputs, self.files, self.inline_max)).decode()
         bounded = not await self._queue_far_from_full()
         self._submitted_since_count += 1
-        inserted, _ = await self.db.write(
+        inserted, *_ = await self.db.write(
             *q.insert_job_ops(
                 job_id=job_id,
                 recipe_id=recipe_id,
@@ -133,6 +141,7 @@ class JobService:
                     timeout_s=row["timeout_s"],
                     on_interrupt=row["on_interrupt"],
                     attempts=row["attempts"],
+                    webhook_count=row["webhook_count"],
                 )
             )
         return claimed
@@ -164,8 +173,10 @@ class JobService:
         error: dict[str, Any] | None,
         usage: dict[str, Any] | None,
         events: Sequence[tuple[Any, ...]] = (),
+        webhook_count: int = 0,
     ) -> bool:
-        """Ends a run in one transaction: state, result, error, usage and the last events. False if not ours."""
+        """Ends a run in one transaction: state, result, error, usage, the last events and the job's webhook
+        deliveries (`webhook_count`, from the claim). False if not ours."""
         at = q.now_ms()
         result = None if outputs is None else (await encode(outputs, self.files, self.inline_max)).decode()
         extra = "" if error is None else ',"error":' + dumps(error).decode()
@@ -180,8 +191,11 @@ class JobService:
                 usage=None if usage is None else dumps(usage).decode(),
                 events=all_events,
                 at=at,
+                webhook_count=webhook_count,
             )
         )
+        if webhook_count and results[0]:
+            self._deliveries_written()
         return bool(results[0])
 
     async def release(self, job_id: str, owner: str, events: Sequence[tuple[Any, ...]] = ()) -> bool:
@@ -199,11 +213,15 @@ class JobService:
         if state == JobState.PENDING:
             error = dumps({"code": "cancelled", "message": "cancelled before it started"}).decode()
             extra = ',"error":' + error
-            count, _ = await self.db.write(
+            hooks = int(job["webhook_count"])
+            count, *_ = await self.db.write(
                 Op(q.CANCEL_PENDING_SQL, (job_id, error, at)),
                 q.moved_events([q.state_event(job_id, JobState.CANCELLED, at, extra)]),
+                *([deliveries_op(job_id, hooks, JobState.CANCELLED.value, at)] if hooks else []),
             )
             if count:
+                if hooks:
+                    self._deliveries_written()
                 return await self.get(job_id)
             return await self.cancel(job_id)  # it was claimed meanwhile: ask its runner
         if state == JobState.RUNNING:
@@ -239,10 +257,14 @@ class JobService:
                 error = {"code": "interrupted", "message": "the process running this job stopped before it finished"}
                 extra = ',"error":' + dumps(error).decode()
                 event = q.state_event(row["id"], JobState.FAILED, at, extra)
-                done, _ = await self.db.write(
+                hooks = int(row["webhook_count"])
+                done, *_ = await self.db.write(
                     q.fail_lapsed_op(row["id"], owner, dumps(error).decode(), at),
                     q.moved_events([event]),
+                    *([deliveries_op(row["id"], hooks, JobState.FAILED.value, at)] if hooks else []),
                 )
+                if done and hooks:
+                    self._deliveries_written()
                 counts["failed"] += done
         return counts
 
