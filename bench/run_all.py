@@ -18,6 +18,7 @@ import engine_overhead
 import http_throughput
 import latency
 import memory
+import webhooks
 from common import ROOT, machine, table
 from load import ensure_wrk
 
@@ -56,6 +57,16 @@ also runs on its own and prints its table (`.venv/bin/python bench/latency.py --
 - **Memory** (`memory.py`): a fresh server's RSS (`VmRSS`) after 200 warm-up jobs (lazy imports done), then
   after 10,000 and 20,000 more jobs (16 connections from `loadgen.py`), each read once every job is
   terminal. Growth = after 10,000 minus idle; the second batch tells warm-up growth from a leak.
+- **Webhooks** (`webhooks.py`): a real `conveyor serve` (SQLite, `CONVEYOR_NET__ALLOW_CIDRS=127.0.0.0/8`, the
+  attempt timeout raised to 300 s) and a receiver in its own process (`receiver_app.py`: a bare asyncio
+  protocol on uvloop answering 200 at once, counting requests, their times, `webhook-id`s and connections).
+  Deliveries/s: 5,000 `greeting` jobs with one `POST` webhook each, submitted by `loadgen.py` over 16
+  connections; delivered ÷ (first → last delivery at the receiver). Judged on the backlog figure: the
+  receiver is paused (SIGSTOP) while the jobs run, so the outbox fills, then resumed: the dispatcher's own
+  rate. The live figure (deliveries while jobs are submitted and run) is shown beside it. Cost: the HTTP
+  throughput jobs load (16 connections, same duration) without and with one webhook per job, in alternating
+  rounds (at most 3) on one server; each round waits until every job is terminal and every delivery
+  settled; server CPU per job includes its delivery. Target: with ÷ without ≥ 90 % (median of rounds).
 
 Every request to a protected Conveyor route (all but health) carries `Authorization: Bearer <jwt>`, a
 `manage all` token minted once per server with `python -m conveyor token manage all 86400000` in the server's
@@ -80,7 +91,9 @@ def _git_revision() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def summary(engine: dict[str, Any], http: dict[str, Any], lat: dict[str, Any], mem: dict[str, Any]) -> str:
+def summary(
+    engine: dict[str, Any], http: dict[str, Any], lat: dict[str, Any], mem: dict[str, Any], hooks: dict[str, Any]
+) -> str:
     """The targets, the figures and pass/miss, as one table."""
     uvloop_worst = max(r["us_per_block_median"] for r in engine["results"] if r["loop"] == "uvloop")
     rows = [
@@ -113,6 +126,18 @@ def summary(engine: dict[str, Any], http: dict[str, Any], lat: dict[str, Any], m
             f"≤ {mem['target_growth_mb']:g} MB",
             f"{mem['growth_mb']:+.1f} MB",
             _verdict(mem["passed_growth"]),
+        ),
+        (
+            "webhook deliveries/s to a local receiver (from a backlog)",
+            f"≥ {hooks['target_deliveries_per_s']:,.0f}/s",
+            f"{hooks['deliveries_per_s']:,.0f}/s (live, as the jobs run: {hooks['live']['deliveries_per_s']:,.0f}/s)",
+            _verdict(hooks["passed_deliveries"]),
+        ),
+        (
+            "trivial jobs/s with one webhook each ÷ without",
+            f"≥ {hooks['target_ratio']:.0%}",
+            f"{hooks['ratio']:.0%} ({hooks['webhook_jobs_per_s']:,.0f} ÷ {hooks['plain_jobs_per_s']:,.0f} jobs/s)",
+            _verdict(hooks["passed_ratio"]),
         ),
     ]
     return table("Summary", rows, ("what", "target", "measured", "result"))
@@ -150,9 +175,13 @@ def main() -> None:
                 duration_s=args.duration, rounds=max(1, args.rounds), tool=args.tool, sustained_s=args.sustained
             ),
         ),
+        (
+            "webhooks",
+            lambda: webhooks.run(duration_s=args.duration, rounds=max(1, min(args.rounds, 3)), tool=args.tool),
+        ),
     ]
     results = []
-    renderers = [engine_overhead.render, latency.render, memory.render, http_throughput.render]
+    renderers = [engine_overhead.render, latency.render, memory.render, http_throughput.render, webhooks.render]
     for (name, step), render in zip(steps, renderers, strict=True):
         print(f"\n== {name} ...", flush=True)
         figures = step()
@@ -160,8 +189,8 @@ def main() -> None:
         text = render(figures)
         sections.append(text)
         print(text, flush=True)
-    engine, lat, mem, http = results
-    top = summary(engine, http, lat, mem)
+    engine, lat, mem, http, hooks = results
+    top = summary(engine, http, lat, mem, hooks)
     print(top)
 
     machine_rows = [(k, v) for k, v in facts.items()]

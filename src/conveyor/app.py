@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor import __version__
-from conveyor.api import auth, fid, files, health, jobs, keys, omnitool, recipes, webhooks
-from conveyor.api.errors import error_body, install_error_handlers, is_omnitool_path, omnitool_error_body
+from conveyor.api import auth, fid, files, gptbots, health, jobs, keys, omnitool, recipes, webhooks
+from conveyor.api.errors import dialect_error_body, install_error_handlers
 from conveyor.recipes.seed import seed_demo_recipes
 from conveyor.runtime import open_runtime
 from conveyor.settings import Settings
+from conveyor.webhooks.dialects import default_dialects
 
 
 class BodyLimit:
@@ -80,9 +81,7 @@ async def _too_large(send: Send, limit: int, path: str) -> None:
     import orjson
 
     message = f"request body is over {limit} bytes"
-    body = orjson.dumps(
-        omnitool_error_body(message) if is_omnitool_path(path) else error_body("payload_too_large", message)
-    )
+    body = orjson.dumps(dialect_error_body(path, "payload_too_large", message))
     await send(
         {
             "type": "http.response.start",
@@ -99,7 +98,9 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_runtime(settings, run_executor=run_executor) as rt:
+        dialects = default_dialects()
+        dialects.register(gptbots.DIALECT, gptbots.webhook_payload)
+        async with open_runtime(settings, run_executor=run_executor, dialects=dialects) as rt:
             app.state.runtime = rt
             if settings.seed_demo:
                 await seed_demo_recipes(rt.recipes)
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
         auth.router,
         keys.router,
         omnitool.router,
+        gptbots.router,
         fid.router,
         webhooks.router,
     ):

@@ -49,8 +49,14 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, run_executor: bool = True) -> AsyncIterator[Runtime]:
-    """Connects the store and starts the executor; everything is closed again on exit."""
+async def open_runtime(
+    settings: Settings, *, run_executor: bool = True, dialects: WebhookDialects | None = None
+) -> AsyncIterator[Runtime]:
+    """Connects the store and starts the executor; everything is closed again on exit.
+
+    `dialects` are the webhook dialects the dispatcher delivers in (default: the native one); the app adds the API
+    dialects' before the dispatcher starts, so no delivery of theirs is ever built in another shape.
+    """
     async with contextlib.AsyncExitStack() as stack:
         db = open_database(
             settings.database_url,
@@ -76,7 +82,7 @@ async def open_runtime(settings: Settings, *, run_executor: bool = True) -> Asyn
         )
         engine = Engine(files=files, http=http, limits=settings.limits, load_graph=recipes.latest_graph)
         executor = None
-        dialects = default_dialects()
+        dialects = default_dialects() if dialects is None else dialects
         dispatcher = None
         if run_executor:
             # Started before the executor and stopped after it, so the deliveries of jobs that finish while the

@@ -119,7 +119,12 @@ class WebhooksSettings(BaseModel):
         "attempts.",
     )
     attempt_timeout_s: float = Field(default=15.0, gt=0, le=300, description="Per-attempt timeout.")
-    concurrency: int = Field(default=64, ge=1, le=10_000, description="Deliveries one process sends at once.")
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Deliveries one process sends at once (more is slower: httpx's pool rescans every connection).",
+    )
     poll_interval_s: float = Field(
         default=1.0,
         gt=0,
@@ -188,6 +193,18 @@ class KeysSettings(BaseModel):
     )
 
 
+class GptbotsSettings(BaseModel):
+    """GPTBots' workflow API (`/v1/workflow/*`)."""
+
+    sync_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a synchronous `POST /v1/workflow/invoke` waits for its run; past it the call answers "
+        "`RUNNING` with the run's id (the run goes on and can be polled with `query/result`).",
+    )
+
+
 class Settings(BaseSettings):
     """Conveyor's settings (`CONVEYOR_` prefix, `__` between section and field)."""
 
@@ -213,6 +230,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     keys: KeysSettings = Field(default_factory=KeysSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    gptbots: GptbotsSettings = Field(default_factory=GptbotsSettings)
 
     @property
     def database_url(self) -> str:

@@ -1,4 +1,8 @@
-"""The native error shape, `{"error": {"code", "message", "details"}}`, built in one place for every route."""
+"""The native error shape, `{"error": {"code", "message", "details"}}`, built in one place for every route.
+
+Dialects that prescribe another shape get theirs here and only here: Omnitool's `{"error": "<message>"}` on its
+paths, GPTBots' `{"code", "message"}` on `/v1/workflow/*`.
+"""
 
 from __future__ import annotations
 
@@ -55,13 +59,35 @@ def omnitool_error_body(message: str) -> dict[str, Any]:
     return {"error": message}
 
 
+GPTBOTS_PATHS = ("/v1/workflow",)
+
+
+def is_gptbots_path(path: str) -> bool:
+    """Whether a path is one of GPTBots' workflow routes (`/v1/workflow/*`), whose errors are `{"code", "message"}`."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in GPTBOTS_PATHS)
+
+
+def gptbots_error_body(code: str, message: str) -> dict[str, Any]:
+    """The GPTBots dialect's error body, `{"code", "message"}`: the native code (a string such as `input_invalid`)
+    and message, with the native HTTP status. GPTBots documents no error shape; this one is ours and stable."""
+    return {"code": code, "message": message}
+
+
+def dialect_error_body(path: str, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """An error body in the shape the dialect of `path` prescribes (the native one outside the dialects' paths)."""
+    if is_omnitool_path(path):
+        return omnitool_error_body(message)
+    if is_gptbots_path(path):
+        return gptbots_error_body(code, message)
+    return error_body(code, message, details)
+
+
 def _respond(
     request: Request, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """An error in the shape the route's dialect prescribes: Omnitool's on its routes, the native one elsewhere."""
-    if is_omnitool_path(request.scope["path"]):
-        return JSONResponse(omnitool_error_body(message), status_code=status, headers=headers)
-    return error_response(status, code, message, details, headers)
+    """An error in the shape the route's dialect prescribes: Omnitool's or GPTBots' on theirs, the native elsewhere."""
+    body = dialect_error_body(request.scope["path"], code, message, details)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _conveyor_error(request: Request, exc: Exception) -> JSONResponse:
