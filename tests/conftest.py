@@ -195,3 +195,16 @@ async def client(server: LiveServer) -> AsyncIterator[Any]:
         base_url=server.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}
     ) as http:
         yield http
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    """A real HTTP receiver on 127.0.0.1 (`tests/receiver.py`), for webhooks and outbound requests."""
+    from tests.receiver import Receiver
+
+    rec = Receiver()
+    await rec.start()
+    try:
+        yield rec
+    finally:
+        await rec.close()

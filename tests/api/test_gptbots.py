@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -126,16 +125,6 @@ async def _until_ended(client: httpx.AsyncClient, run_id: str, timeout_s: float 
 
     result: dict[str, Any] = await wait_until(ended, timeout_s)
     return result
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    await rec.start()
-    try:
-        yield rec
-    finally:
-        await rec.close()
 
 
 async def test_a_sync_invoke_answers_the_finished_run(server: LiveServer, client: Any) -> None:

@@ -14,16 +14,6 @@ from tests.webhooks.test_dispatcher import FAST, settled, submit, wait_until
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    await rec.start()
-    try:
-        yield rec
-    finally:
-        await rec.close()
-
-
-@pytest.fixture
 async def live(make_settings: Any) -> AsyncIterator[LiveServer]:
     async with LiveServer(make_settings(net={"allow_cidrs": ["127.0.0.0/8"]}, webhooks=FAST)) as server:
         yield server

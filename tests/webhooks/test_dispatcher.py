@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -15,16 +14,6 @@ from tests.receiver import Receiver, Reply
 from conveyor.webhooks.dispatcher import retry_after_s
 
 FAST = {"retry_delays": [0, 0.1, 0.1, 0.1], "poll_interval_s": 0.1}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    await rec.start()
-    try:
-        yield rec
-    finally:
-        await rec.close()
 
 
 def hooked_settings(make_settings: Any, **webhooks: Any) -> Any:
