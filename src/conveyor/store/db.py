@@ -178,6 +178,7 @@ class SqliteDatabase(Database):
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._writes_held = False  # while the checkpointer catches up; writes wait in `_pending`
+        self._version_cursor: sqlite3.Cursor | None = None
 
     async def connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +206,9 @@ class SqliteDatabase(Database):
         self._writes_held = False
         if self._pending:
             self._start_flush()
+        if self._version_cursor is not None:
+            self._version_cursor.close()
+            self._version_cursor = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -232,7 +236,11 @@ class SqliteDatabase(Database):
 
     def outside_writes(self) -> int | None:
         # SQLite's data_version changes on every commit of another connection, never on this one's (~3 µs).
-        return int(self.conn.execute("PRAGMA data_version").fetchone()["data_version"])
+        # A cursor of its own, without the dict row factory: this runs on every authenticated request.
+        if self._version_cursor is None:
+            self._version_cursor = self.conn.cursor()
+            self._version_cursor.row_factory = None
+        return int(self._version_cursor.execute("PRAGMA data_version").fetchone()[0])
 
     def _run_op(self, op: Op) -> Any:
         text, params = self.compile(op.sql, () if op.many else op.args)
