@@ -18,6 +18,7 @@ import engine_overhead
 import http_throughput
 import latency
 import memory
+import sync_invoke
 import webhooks
 from common import ROOT, machine, table
 from load import ensure_wrk
@@ -67,6 +68,13 @@ also runs on its own and prints its table (`.venv/bin/python bench/latency.py --
   throughput jobs load (16 connections, same duration) without and with one webhook per job, in alternating
   rounds (at most 3) on one server; each round waits until every job is terminal and every delivery
   settled; server CPU per job includes its delivery. Target: with ÷ without ≥ 90 % (median of rounds).
+- **Sync invoke** (`sync_invoke.py`): GPTBots' `POST /v1/workflow/invoke` without `isAsync`, answered when the
+  run ended, on a real `conveyor serve` (the per-key rate limit raised for the run) with a recipe key bound
+  to `greeting`. First 500 calls one at a time on one raw asyncio keep-alive connection from the benchmark
+  process (after 100 warm-up calls; every answer checked for `SUCCEED`), then 16 connections from the load
+  tool (wrk, else `loadgen.py`), each calling back to back for the duration (after 1 s of warm-up), after
+  which every job that load made must have succeeded; p50/p99 per call and calls answered per second.
+  Target: p50 ≤ 5 ms at 16 connections.
 
 Every request to a protected Conveyor route (all but health) carries `Authorization: Bearer <jwt>`, a
 `manage all` token minted once per server with `python -m conveyor token manage all 86400000` in the server's
@@ -92,7 +100,12 @@ def _git_revision() -> str:
 
 
 def summary(
-    engine: dict[str, Any], http: dict[str, Any], lat: dict[str, Any], mem: dict[str, Any], hooks: dict[str, Any]
+    engine: dict[str, Any],
+    http: dict[str, Any],
+    lat: dict[str, Any],
+    mem: dict[str, Any],
+    hooks: dict[str, Any],
+    sync: dict[str, Any],
 ) -> str:
     """The targets, the figures and pass/miss, as one table."""
     uvloop_worst = max(r["us_per_block_median"] for r in engine["results"] if r["loop"] == "uvloop")
@@ -139,6 +152,13 @@ def summary(
             f"{hooks['ratio']:.0%} ({hooks['webhook_jobs_per_s']:,.0f} ÷ {hooks['plain_jobs_per_s']:,.0f} jobs/s)",
             _verdict(hooks["passed_ratio"]),
         ),
+        (
+            f"GPTBots sync invoke of a trivial recipe at concurrency {sync['connections']}, p50",
+            f"≤ {sync['target_p50_ms']:g} ms",
+            f"{sync['c16_p50_ms']:.2f} ms (p99 {sync['c16_p99_ms']:.2f} ms, {sync['c16_per_s']:,.0f} calls/s; "
+            f"one at a time: p50 {sync['c1_p50_ms']:.2f} ms)",
+            _verdict(sync["passed"]),
+        ),
     ]
     return table("Summary", rows, ("what", "target", "measured", "result"))
 
@@ -179,9 +199,17 @@ def main() -> None:
             "webhooks",
             lambda: webhooks.run(duration_s=args.duration, rounds=max(1, min(args.rounds, 3)), tool=args.tool),
         ),
+        ("sync invoke", lambda: sync_invoke.run(duration_s=args.duration, tool=args.tool)),
     ]
     results = []
-    renderers = [engine_overhead.render, latency.render, memory.render, http_throughput.render, webhooks.render]
+    renderers = [
+        engine_overhead.render,
+        latency.render,
+        memory.render,
+        http_throughput.render,
+        webhooks.render,
+        sync_invoke.render,
+    ]
     for (name, step), render in zip(steps, renderers, strict=True):
         print(f"\n== {name} ...", flush=True)
         figures = step()
@@ -189,8 +217,8 @@ def main() -> None:
         text = render(figures)
         sections.append(text)
         print(text, flush=True)
-    engine, lat, mem, http, hooks = results
-    top = summary(engine, http, lat, mem, hooks)
+    engine, lat, mem, http, hooks, sync = results
+    top = summary(engine, http, lat, mem, hooks, sync)
     print(top)
 
     machine_rows = [(k, v) for k, v in facts.items()]

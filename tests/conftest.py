@@ -8,6 +8,7 @@ suite at an existing server instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import tempfile
@@ -22,6 +23,7 @@ from conveyor.settings import Settings
 from conveyor.store.migrate import upgrade
 
 BACKENDS = ["sqlite", "postgres"]
+DEPLOYMENTS = ["embedded", "distributed"]
 
 
 @pytest.fixture(scope="session")
@@ -112,12 +114,16 @@ def make_settings(tmp_path: Path, database_url: str) -> Any:
 
 
 class LiveServer:
-    """A Conveyor app served by uvicorn on 127.0.0.1 inside the test's event loop."""
+    """A Conveyor app served by uvicorn on 127.0.0.1 inside the test's event loop; in distributed mode
+    (`executor.kind = celery`) with a real Celery worker in the same process (`tests/celery_worker.py`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        """`worker=False`: no in-process worker in distributed mode (the test starts `conveyor worker`s)."""
         from conveyor.app import create_app
 
         self.settings = settings
+        self.with_worker = worker
+        self._worker = contextlib.ExitStack()
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="none", lifespan="on", log_level="warning")
         self.server = uvicorn.Server(config)
@@ -125,6 +131,10 @@ class LiveServer:
         self.url = ""
 
     async def __aenter__(self) -> LiveServer:
+        if self.settings.executor.kind == "celery" and self.with_worker:
+            from tests.celery_worker import in_process_worker
+
+            self._worker.enter_context(in_process_worker(self.settings))
         self.task = asyncio.create_task(self.server.serve())
         for _ in range(500):
             if self.server.started or self.task.done():
@@ -140,8 +150,11 @@ class LiveServer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        if self.task is not None:
-            await asyncio.wait_for(self.task, timeout=30)
+        try:
+            if self.task is not None:
+                await asyncio.wait_for(self.task, timeout=30)
+        finally:
+            await asyncio.to_thread(self._worker.close)
 
     @property
     def runtime(self) -> Any:
@@ -178,10 +191,77 @@ class LiveServer:
         return httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
 
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Valkey server for the session (`CONVEYOR_TEST_REDIS_URL` points at an existing one instead)."""
+    configured = os.environ.get("CONVEYOR_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    from tests.valkey import ValkeyProcess
+
+    broker = ValkeyProcess(tmp_path_factory.mktemp("valkey")).start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
-async def server(make_settings: Any) -> AsyncIterator[LiveServer]:
-    """A real server on loopback, on SQLite and on PostgreSQL."""
-    async with LiveServer(make_settings()) as live:
+def fresh_broker(broker_url: str) -> str:
+    """The session's broker, emptied: no task or lock of an earlier test is left in it."""
+    import redis
+
+    with redis.Redis.from_url(broker_url) as conn:
+        conn.flushdb()
+    return broker_url
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> str:
+    """`embedded` (the local executor in the server) or `distributed` (Celery workers on Valkey; PostgreSQL)."""
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Distributed mode runs on PostgreSQL only: its SQLite variant is not collected."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        values = params.params if params is not None else {}
+        if values.get("deployment") == "distributed" and values.get("database_url") == "sqlite":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture
+def server_settings(make_settings: Any, deployment: str, request: pytest.FixtureRequest) -> Any:
+    """Like `make_settings`, for a server of each deployment: embedded (SQLite, PostgreSQL) and distributed
+    (PostgreSQL, Valkey, a Celery worker started by `LiveServer`)."""
+
+    def make(**overrides: Any) -> Settings:
+        if deployment == "distributed":
+            celery = {"broker_url": request.getfixturevalue("fresh_broker"), "sweep_interval_s": 0.5}
+            overrides = {
+                **overrides,
+                "executor": {**overrides.get("executor", {}), "kind": "celery"},
+                "celery": {**celery, "redispatch_after_s": 2.0, **overrides.get("celery", {})},
+            }
+        settings: Settings = make_settings(**overrides)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+async def server(server_settings: Any) -> AsyncIterator[LiveServer]:
+    """A real server on loopback: on SQLite and on PostgreSQL, and in distributed mode (PostgreSQL, Valkey, a
+    Celery worker)."""
+    async with LiveServer(server_settings()) as live:
         yield live
 
 

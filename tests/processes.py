@@ -21,6 +21,18 @@ def free_port() -> int:
         return port
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """Stops a process we started: SIGTERM, then SIGKILL past `timeout_s`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
 class ServerProcess:
     """`python -m conveyor serve` with its own data directory (or a shared one) and environment."""
 
@@ -65,14 +77,8 @@ class ServerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc, 20.0)
 
     def token(self, *args: str) -> str:
         """A token made by `conveyor token` on this server's data directory (default: admin, `manage all`)."""
@@ -86,6 +92,59 @@ class ServerProcess:
         return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)
 
     def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """`python -m conveyor worker` with the environment given (database, broker, data directory)."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], *, concurrency: int = 4, grace_s: float = 5.0) -> None:
+        self.env = {**os.environ, **env}
+        self.argv = [
+            sys.executable, "-m", "conveyor", "worker", f"--concurrency={concurrency}", f"--grace={grace_s}",
+        ]  # fmt: skip
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: Path | None = None
+
+    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.log_dir / f"worker-{time.monotonic_ns()}.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # Ready once Celery says so: jobs sent before then wait in the broker anyway.
+        wait_for(lambda: self._ready(), timeout_s=timeout_s, interval_s=0.1)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None and self.log is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+        return " ready." in self.log.read_text(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (Celery's warm shutdown), then SIGKILL past `timeout_s`; the exit code."""
+        if self.proc is None:
+            return None
+        return terminate(self.proc, timeout_s)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log is not None else ""
+
+    def __enter__(self) -> WorkerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -125,15 +125,16 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
     install_error_handlers(app)
     # The routes go straight onto the app, hot ones first: `include_router` wraps each router in a layer that
     # matching walks through on every request (~20% of a trivial job's server CPU, bench/profile_jobs.py).
+    # The dialects' run routes are hot too: code calls them as often as the native submit.
     for router in (
         jobs.router,
+        gptbots.router,
+        omnitool.router,
         health.router,
         recipes.router,
         files.router,
         auth.router,
         keys.router,
-        omnitool.router,
-        gptbots.router,
         fid.router,
         webhooks.router,
     ):

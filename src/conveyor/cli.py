@@ -48,6 +48,11 @@ def serve(
     host: str | None = typer.Option(None, help="Address to bind (CONVEYOR_HOST, default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (CONVEYOR_PORT, default 1688)."),
     data_dir: Path | None = typer.Option(None, help="Data directory (CONVEYOR_DATA_DIR, default ./.conveyor)."),
+    executor: str | None = typer.Option(
+        None,
+        help="`local` (run jobs in this process) or `celery` (send them to `conveyor worker`s); "
+        "CONVEYOR_EXECUTOR__KIND, default local.",
+    ),
 ) -> None:
     """Migrates, seeds the demo recipes on first start, and serves the API."""
     import uvicorn
@@ -55,10 +60,15 @@ def serve(
     from conveyor.app import create_app
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
+    if executor is not None:
+        settings = _with_executor(settings, executor)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _check_secret(settings)
     _migrate_in_child(settings.database_url)
-    console.print(f"Conveyor serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    where = "Celery workers" if settings.executor.kind == "celery" else "this process"
+    console.print(
+        f"Conveyor serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}; jobs run in {where})"
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -69,6 +79,43 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+def _with_executor(settings: Settings, kind: str) -> Settings:
+    if kind not in ("local", "celery"):
+        _print_error(f"--executor must be local or celery, not {kind!r}")
+        raise typer.Exit(2)
+    return settings.model_copy(update={"executor": settings.executor.model_copy(update={"kind": kind})})
+
+
+@app.command()
+def worker(
+    queues: str | None = typer.Option(
+        None, help="Comma-separated queues to take jobs from (CONVEYOR_CELERY__QUEUES, default conveyor,conveyor.high)."
+    ),
+    concurrency: int | None = typer.Option(
+        None, min=1, max=1000, help="Jobs run at once (CONVEYOR_CELERY__CONCURRENCY, default 8)."
+    ),
+    grace_s: float = typer.Option(
+        10.0, "--grace", min=0, max=3600, help="On SIGTERM, seconds running jobs get before they go back to the queue."
+    ),
+) -> None:
+    """Runs jobs that `conveyor serve --executor celery` sends, from the broker in CONVEYOR_CELERY__BROKER_URL."""
+    from conveyor.executors.celery import run_worker
+
+    settings = _settings()
+    settings = _with_executor(settings, "celery")
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
+    if not chosen:
+        _print_error("--queues names no queue")
+        raise typer.Exit(2)
+    _check_secret(settings)
+    _migrate_in_child(settings.database_url)
+    console.print(
+        f"Conveyor worker taking jobs from {', '.join(chosen)} "
+        f"(database {_redact(settings.database_url)}, broker {_redact(settings.celery.broker_url.get_secret_value())})"
+    )
+    run_worker(settings, queues=chosen, concurrency=concurrency or settings.celery.concurrency, grace_s=grace_s)
 
 
 def _migrate_in_child(database_url: str) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from conveyor.auth.secret import load_signing_secret
 from conveyor.auth.service import AuthService
@@ -21,11 +22,15 @@ from conveyor.jobs.service import JobService
 from conveyor.net import GuardedClient
 from conveyor.recipes.service import RecipeService
 from conveyor.settings import Settings
-from conveyor.store.blobs import LocalBlobStore
+from conveyor.store.blobs import open_blob_store
 from conveyor.store.db import Database, open_database
 from conveyor.store.files import FileService
 from conveyor.webhooks.dialects import WebhookDialects, default_dialects
 from conveyor.webhooks.dispatcher import Dispatcher
+
+if TYPE_CHECKING:
+    from conveyor.executors.celery import CeleryDispatch
+    from conveyor.executors.relay import RedisNoticeRelay
 
 log = logging.getLogger("conveyor")
 
@@ -45,14 +50,44 @@ class Runtime:
     executor: LocalExecutor | None
     auth: AuthService
     webhook_dialects: WebhookDialects = field(default_factory=default_dialects)
-    dispatcher: Dispatcher | None = None  # runs where the executor runs
+    dispatcher: Dispatcher | None = None  # webhooks: in every server process, and in workers
+    celery: CeleryDispatch | None = None  # distributed mode: sends queued jobs to the workers
+    relay: RedisNoticeRelay | None = None  # distributed mode: job notices and cancel requests between processes
+
+    async def job_queued(self, job_id: str, priority: int = 0) -> None:
+        """A job was just queued: wake this process's executor, or send it to the Celery workers."""
+        if self.celery is not None:
+            await self.celery.send(job_id, priority)
+        elif self.executor is not None:
+            self.executor.notify()
+
+    def cancel_running(self, job_id: str) -> bool:
+        """Stops a running job now: here if this process runs it, else by asking the workers over the relay;
+        False when neither can (its runner sees the job's cancel flag when it next renews its lease)."""
+        if self.executor is not None and self.executor.cancel_local(job_id):
+            return True
+        if self.relay is not None:
+            self.relay.request_cancel(job_id)
+            return True
+        return False
 
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, run_executor: bool = True, dialects: WebhookDialects | None = None
+    settings: Settings,
+    *,
+    run_executor: bool = True,
+    worker: bool = False,
+    dialects: WebhookDialects | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Connects the store and starts the executor; everything is closed again on exit.
+    """Connects the store and starts what this process runs; everything is closed again on exit.
+
+    A server (`run_executor`, not `worker`) runs the webhook dispatcher and, by `executor.kind`, either the local
+    executor or, in distributed mode, the Celery dispatch, the sweeper and the notice relay. A Celery worker
+    (`worker`) runs a local executor that claims only the jobs its tasks name, and the relay (which also tells
+    servers of the webhook deliveries its jobs wrote); no dispatcher, as the dialects' payloads are built in
+    `api/`. A command-line tool
+    (neither) runs none of them.
 
     `dialects` are the webhook dialects the dispatcher delivers in (default: the native one); the app adds the API
     dialects' before the dispatcher starts, so no delivery of theirs is ever built in another shape.
@@ -68,12 +103,15 @@ async def open_runtime(
         stack.push_async_callback(db.close)
         codec = TokenCodec(secret, issuer=settings.auth.issuer, audience=settings.auth.audience)
         auth = AuthService(db, codec, max_token_ttl_s=settings.auth.max_token_ttl_s)
-        await auth.ensure_admin(
-            settings.auth.admin_name, settings.auth.admin_password.get_secret_value(), settings.data_dir
-        )
+        if not worker:
+            await auth.ensure_admin(
+                settings.auth.admin_name, settings.auth.admin_password.get_secret_value(), settings.data_dir
+            )
         http = GuardedClient(settings.net)
         stack.push_async_callback(http.aclose)
-        blobs = LocalBlobStore(settings.files_path)
+        blobs = open_blob_store(settings)
+        if (close_blobs := getattr(blobs, "aclose", None)) is not None:
+            stack.push_async_callback(close_blobs)
         files = FileService(db, blobs, http, settings.limits)
         registry = default_registry()
         recipes = RecipeService(db, registry, max_nodes=settings.limits.max_recipe_nodes)
@@ -81,17 +119,22 @@ async def open_runtime(
             db, files, max_pending=settings.limits.max_pending_jobs, inline_max=settings.files.inline_value_max_bytes
         )
         engine = Engine(files=files, http=http, limits=settings.limits, load_graph=recipes.latest_graph)
-        executor = None
         dialects = default_dialects() if dialects is None else dialects
-        dispatcher = None
-        if run_executor:
+        runtime = Runtime(settings, db, registry, http, files, recipes, jobs, engine, None, auth, dialects)
+        distributed = settings.executor.kind == "celery"
+        serving = run_executor and not worker
+        if serving:
             # Started before the executor and stopped after it, so the deliveries of jobs that finish while the
-            # executor stops are sent too (or, past the grace, left in the outbox for the next start).
-            dispatcher = Dispatcher(db, jobs, http, dialects, settings.webhooks)
-            jobs.on_deliveries = dispatcher.notify
-            await dispatcher.start()
-            stack.push_async_callback(dispatcher.stop)
-            executor = LocalExecutor(
+            # executor stops are sent too (or, past the grace, left in the outbox for the next start). Workers run
+            # none: the webhook dialects' payloads are built by the API layer, so servers deliver what workers end.
+            runtime.dispatcher = Dispatcher(db, jobs, http, dialects, settings.webhooks)
+            jobs.on_deliveries = runtime.dispatcher.notify
+            await runtime.dispatcher.start()
+            stack.push_async_callback(runtime.dispatcher.stop)
+        if (serving or worker) and distributed:
+            await _start_distributed(runtime, stack, worker=worker)
+        if worker or (serving and not distributed):
+            runtime.executor = LocalExecutor(
                 jobs,
                 engine,
                 recipes.graph,
@@ -100,7 +143,44 @@ async def open_runtime(
                 renew_interval_s=settings.executor.renew_interval_s,
                 poll_interval_s=settings.executor.poll_interval_s,
                 max_resumes=settings.executor.max_resumes,
+                claims=not worker,
+                on_requeued=_resend(runtime.celery) if worker else None,
             )
-            await executor.start()
-            stack.push_async_callback(executor.stop)
-        yield Runtime(settings, db, registry, http, files, recipes, jobs, engine, executor, auth, dialects, dispatcher)
+            await runtime.executor.start()
+            stack.push_async_callback(runtime.executor.stop)
+            if runtime.relay is not None:
+                runtime.relay.on_cancel = runtime.executor.cancel_local
+        yield runtime
+
+
+async def _start_distributed(runtime: Runtime, stack: contextlib.AsyncExitStack, *, worker: bool) -> None:
+    """Distributed mode's parts: the Celery dispatch, the notice relay and, in servers, the sweeper."""
+    from conveyor.executors.celery import CeleryDispatch, celery_app
+    from conveyor.executors.relay import RedisNoticeRelay
+    from conveyor.executors.sweeper import Sweeper
+
+    settings = runtime.settings
+    runtime.celery = CeleryDispatch(celery_app(settings))
+    stack.callback(runtime.celery.close)
+    relay = runtime.relay = RedisNoticeRelay(settings.celery.broker_url.get_secret_value(), runtime.jobs.notices)
+    if runtime.dispatcher is not None:
+        relay.on_deliveries = runtime.dispatcher.notify  # a worker wrote deliveries: send them now
+    else:
+        runtime.jobs.on_deliveries = relay.announce_deliveries
+    await relay.start()
+    stack.push_async_callback(relay.stop)
+    if not worker:
+        sweeper = Sweeper(runtime.jobs, runtime.celery, settings.celery, max_resumes=settings.executor.max_resumes)
+        await sweeper.start()
+        stack.push_async_callback(sweeper.stop)
+
+
+def _resend(dispatch: CeleryDispatch | None) -> Callable[[list[tuple[str, int]]], Awaitable[None]] | None:
+    """Sends jobs that recovery put back in the queue ((id, priority)) to the workers again."""
+    if dispatch is None:
+        return None
+
+    async def resend(jobs: list[tuple[str, int]]) -> None:
+        await dispatch.send_many(jobs)
+
+    return resend

@@ -7,9 +7,9 @@ Build it once (the CLI or `create_app`) and pass it down; nothing reads the envi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -43,10 +43,61 @@ class FilesSettings(BaseModel):
     link_ttl_s: int = Field(
         default=86_400, ge=60, le=366 * 86_400, description="How long a signed `/fid` link stays valid (seconds)."
     )
+    backend: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where file contents live: `local` (a directory on this machine) or `s3` (a bucket of S3 or "
+        "an S3-compatible server, shared by every process of a deployment).",
+    )
+    s3_bucket: str = Field(default="", max_length=255, description="The bucket of the `s3` backend (required).")
+    s3_prefix: str = Field(
+        default="",
+        max_length=512,
+        description="A key prefix inside the bucket, e.g. `conveyor/files/`; blobs are stored as `<prefix><key>`.",
+    )
+    s3_endpoint_url: str = Field(
+        default="",
+        max_length=2048,
+        description="An S3-compatible server's URL (e.g. MinIO's `http://minio:9000`), addressed path-style. "
+        "Empty means AWS's own endpoint for the region.",
+    )
+    s3_region: str = Field(default="us-east-1", min_length=1, max_length=64, description="The bucket's region.")
+    s3_access_key_id: str = Field(
+        default="",
+        max_length=256,
+        description="Access key id. Empty (with an empty secret) means boto3's default credential chain "
+        "(environment, shared config, instance role).",
+    )
+    s3_secret_access_key: SecretStr = Field(
+        default=SecretStr(""), max_length=256, description="Secret access key, given with the access key id."
+    )
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("the S3 endpoint URL must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_is_complete(self) -> FilesSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("the s3 files backend needs a bucket: set CONVEYOR_FILES__S3_BUCKET")
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key.get_secret_value()):
+            raise ValueError(
+                "set both CONVEYOR_FILES__S3_ACCESS_KEY_ID and CONVEYOR_FILES__S3_SECRET_ACCESS_KEY, or neither "
+                "(boto3's default credential chain)"
+            )
+        return self
 
 
 class ExecutorSettings(BaseModel):
     """How jobs are run."""
+
+    kind: Literal["local", "celery"] = Field(
+        default="local",
+        description="`local`: each server process runs jobs itself (the embedded default). `celery`: servers send "
+        "job ids to Celery workers (`conveyor worker`) over the `celery` section's broker, and run none themselves.",
+    )
 
     concurrency: int = Field(
         default=64,
@@ -205,6 +256,51 @@ class GptbotsSettings(BaseModel):
     )
 
 
+class CelerySettings(BaseModel):
+    """Distributed mode (`executor.kind = celery`): the broker, the workers' queues and the sweeper."""
+
+    broker_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        max_length=2048,
+        description="Redis or Valkey URL of the Celery broker; also carries job notices between processes "
+        "(pub/sub). May hold a password: never logged.",
+    )
+    visibility_timeout_s: int = Field(
+        default=7200,
+        ge=60,
+        le=7 * 86_400,
+        description="Seconds before the broker hands an unacknowledged job to another worker (a worker that died "
+        "mid-job). Must be above the longest job timeout; a worker that takes a job already claimed does nothing.",
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=1000, description="Jobs one `conveyor worker` process runs at once (`--concurrency`)."
+    )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["conveyor", "conveyor.high"],
+        description="Queues a worker takes jobs from (`--queues`, comma-separated). Jobs with a priority above 0 "
+        "go to `conveyor.high`, the rest to `conveyor`.",
+    )
+    sweep_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often one API process (one at a time) recovers lapsed leases and sends again the pending "
+        "jobs whose dispatch was lost.",
+    )
+    redispatch_after_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=86_400,
+        description="A pending job this long unclaimed while the broker's queues are empty is sent again (a broker "
+        "restart lost it).",
+    )
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Conveyor's settings (`CONVEYOR_` prefix, `__` between section and field)."""
 
@@ -231,6 +327,7 @@ class Settings(BaseSettings):
     keys: KeysSettings = Field(default_factory=KeysSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     gptbots: GptbotsSettings = Field(default_factory=GptbotsSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
 
     @property
     def database_url(self) -> str:

@@ -170,8 +170,8 @@ async def test_a_failed_run_answers_failed_with_the_node(server: LiveServer, cli
         assert await _query(keyed, result["workflowRunId"]) == result
 
 
-async def test_a_sync_invoke_past_the_wait_answers_running_and_the_run_goes_on(make_settings: Any) -> None:
-    async with LiveServer(make_settings(gptbots={"sync_wait_s": 0.5})) as server:
+async def test_a_sync_invoke_past_the_wait_answers_running_and_the_run_goes_on(server_settings: Any) -> None:
+    async with LiveServer(server_settings(gptbots={"sync_wait_s": 0.5})) as server:
         async with await server.authed_client() as client:
             await _recipe(client, "slow", slow(1.5))
             key = await _key(client, "recipe", "slow")
@@ -312,8 +312,8 @@ async def test_another_keys_or_users_run_is_404(server: LiveServer, client: Any)
     assert (await _query(client, run_id))["output"] == {"text": "mine"}  # the owner's JWT sees all its runs
 
 
-async def test_a_webhook_gets_the_query_result_object(make_settings: Any, receiver: Receiver) -> None:
-    settings = make_settings(net={"allow_cidrs": ["127.0.0.0/8"]}, webhooks=FAST)
+async def test_a_webhook_gets_the_query_result_object(server_settings: Any, receiver: Receiver) -> None:
+    settings = server_settings(net={"allow_cidrs": ["127.0.0.0/8"]}, webhooks=FAST)
     async with LiveServer(settings) as server, await server.authed_client() as client:
         await _recipe(client, "echo")
         created = (await client.post("/api/v1/keys", json={"name": "h", "kind": "recipe", "recipe": "echo"})).json()

@@ -273,12 +273,28 @@ async def test_the_concurrent_jobs_cap_answers_429(server: Any, client: Any) -> 
         assert other.status_code == 202  # the admin's JWT is not held by the key's cap
         for job in (first.json(), other.json()):
             assert (await client.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code in (200, 202)
-        for _ in range(200):
-            again = await keyed.post("/api/v1/jobs", json={"recipe": "echo-after", "inputs": {"text": "d"}})
+        for _ in range(200):  # the cancelled job frees its place
+            again = await keyed.post("/api/v1/jobs", json={"recipe": "slow", "inputs": {"text": "d"}})
             if again.status_code != 429:
                 break
             await asyncio.sleep(0.05)
-        assert again.status_code == 404  # no longer capped: now it is only that the recipe does not exist
+        assert again.status_code == 202, again.text
+        assert (await client.post(f"/api/v1/jobs/{again.json()['id']}/cancel")).status_code in (200, 202)
+
+
+async def test_concurrent_submits_cannot_pass_the_cap_together(server: Any, client: Any) -> None:
+    """The cap is counted in the insert itself: 12 submits at once with room for 3 start exactly 3."""
+    await _recipe(client, "slow", SLOW)
+    key = (await _key(client, kind="personal", maxConcurrentJobs=3))["key"]
+    async with _keyed(server, key) as keyed:
+        answers = await asyncio.gather(
+            *(keyed.post("/api/v1/jobs", json={"recipe": "slow", "inputs": {"text": str(i)}}) for i in range(12))
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [202] * 3 + [429] * 9, statuses
+        for answer in answers:
+            if answer.status_code == 202:
+                assert (await client.post(f"/api/v1/jobs/{answer.json()['id']}/cancel")).status_code in (200, 202)
 
 
 async def test_rotating_the_webhook_secret_keeps_the_old_one_signing_for_a_while(server: Any, client: Any) -> None:

@@ -14,8 +14,8 @@ from tests.webhooks.test_dispatcher import FAST, settled, submit, wait_until
 
 
 @pytest.fixture
-async def live(make_settings: Any) -> AsyncIterator[LiveServer]:
-    async with LiveServer(make_settings(net={"allow_cidrs": ["127.0.0.0/8"]}, webhooks=FAST)) as server:
+async def live(server_settings: Any) -> AsyncIterator[LiveServer]:
+    async with LiveServer(server_settings(net={"allow_cidrs": ["127.0.0.0/8"]}, webhooks=FAST)) as server:
         yield server
 
 

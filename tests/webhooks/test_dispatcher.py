@@ -59,10 +59,10 @@ async def submit(client: Any, hooks: list[dict[str, Any]], text: str = "world") 
 
 
 async def test_500_three_times_then_200_is_four_signed_attempts_with_one_id(
-    make_settings: Any, receiver: Receiver
+    server_settings: Any, receiver: Receiver
 ) -> None:
     receiver.scripts["/hook"] = [Reply(500), Reply(500), Reply(500)]
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         secret = (await client.get("/api/v1/auth/webhook-secret")).json()["webhook_secret"]
         assert secret.startswith("whsec_")
         assert (await client.get("/api/v1/auth/webhook-secret")).json()["webhook_secret"] == secret
@@ -87,9 +87,9 @@ async def test_500_three_times_then_200_is_four_signed_attempts_with_one_id(
             Webhook(secret).verify(request.body, forged)
 
 
-async def test_410_stops_retries(make_settings: Any, receiver: Receiver) -> None:
+async def test_410_stops_retries(server_settings: Any, receiver: Receiver) -> None:
     receiver.routes["/gone"] = Reply(410)
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         job_id = await submit(client, [{"url": receiver.url("/gone")}])
         (item,) = await settled(client, job_id)
         await asyncio.sleep(0.4)  # more than the retry delays: nothing more is sent
@@ -97,9 +97,11 @@ async def test_410_stops_retries(make_settings: Any, receiver: Receiver) -> None
     assert len([s for s in receiver.seen if s.path == "/gone"]) == 1
 
 
-async def test_after_the_last_attempt_it_fails_and_3xx_is_not_followed(make_settings: Any, receiver: Receiver) -> None:
+async def test_after_the_last_attempt_it_fails_and_3xx_is_not_followed(
+    server_settings: Any, receiver: Receiver
+) -> None:
     receiver.routes["/moved"] = Reply(302, {"Location": receiver.url("/elsewhere")})
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         job_id = await submit(client, [{"url": receiver.url("/moved")}])
         (item,) = await settled(client, job_id)
     assert item["state"] == "failed" and item["attempt_count"] == len(FAST["retry_delays"])
@@ -108,8 +110,8 @@ async def test_after_the_last_attempt_it_fails_and_3xx_is_not_followed(make_sett
     assert not [s for s in receiver.seen if s.path == "/elsewhere"]
 
 
-async def test_get_webhooks_carry_query_parameters_and_no_body(make_settings: Any, receiver: Receiver) -> None:
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+async def test_get_webhooks_carry_query_parameters_and_no_body(server_settings: Any, receiver: Receiver) -> None:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         secret = (await client.get("/api/v1/auth/webhook-secret")).json()["webhook_secret"]
         job_id = await submit(
             client, [{"url": receiver.url("/get?a=1"), "method": "GET"}, {"url": receiver.url("/post")}]
@@ -123,9 +125,9 @@ async def test_get_webhooks_carry_query_parameters_and_no_body(make_settings: An
     Webhook(secret).verify(b"", got.headers, json_parse=False)
 
 
-async def test_retry_after_is_honoured(make_settings: Any, receiver: Receiver) -> None:
+async def test_retry_after_is_honoured(server_settings: Any, receiver: Receiver) -> None:
     receiver.scripts["/busy"] = [Reply(503, {"Retry-After": "1"})]
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         job_id = await submit(client, [{"url": receiver.url("/busy")}])
         (item,) = await settled(client, job_id)
     assert [a["status_code"] for a in item["attempts"]] == [503, 200]
@@ -136,8 +138,8 @@ async def test_retry_after_is_honoured(make_settings: Any, receiver: Receiver) -
     assert gap.total_seconds() >= 0.9  # not the 0.1 s of the schedule
 
 
-async def test_a_refused_address_fails_at_once(make_settings: Any, receiver: Receiver) -> None:
-    settings = make_settings(webhooks=FAST)  # loopback not allowed
+async def test_a_refused_address_fails_at_once(server_settings: Any, receiver: Receiver) -> None:
+    settings = server_settings(webhooks=FAST)  # loopback not allowed
     async with LiveServer(settings) as live, await live.authed_client() as client:
         job_id = await submit(client, [{"url": receiver.url("/hook")}])
         (item,) = await settled(client, job_id)
@@ -163,8 +165,8 @@ async def test_cancelled_pending_job_gets_its_webhook(make_settings: Any, receiv
     assert orjson.loads(got.body)["data"]["state"] == "cancelled"
 
 
-async def test_jobs_without_webhooks_write_no_deliveries(make_settings: Any) -> None:
-    async with LiveServer(hooked_settings(make_settings)) as live, await live.authed_client() as client:
+async def test_jobs_without_webhooks_write_no_deliveries(server_settings: Any) -> None:
+    async with LiveServer(hooked_settings(server_settings)) as live, await live.authed_client() as client:
         job_id = await submit(client, [])
         for _ in range(200):
             if (await client.get(f"/api/v1/jobs/{job_id}")).json()["state"] == "succeeded":

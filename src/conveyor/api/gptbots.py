@@ -9,7 +9,7 @@ call, the query and the webhook, in any process and after restarts. Errors on th
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import Any
 
 import orjson
@@ -22,8 +22,9 @@ from conveyor.api.jobs import fits_64_bits, submit_for
 from conveyor.auth.principal import Principal
 from conveyor.errors import ForbiddenError, InputInvalidError, NotFoundError, ValidationError
 from conveyor.jobs import queries
-from conveyor.jobs.service import JobService, is_terminal
+from conveyor.jobs.service import JobService
 from conveyor.jobs.values import rehydrate
+from conveyor.recipes.graph import RecipeGraph
 from conveyor.runtime import Runtime
 from conveyor.store.db import Row
 from conveyor.webhooks.validation import check_webhooks
@@ -38,8 +39,6 @@ GPTBOTS_STATUS = {
     "failed": "FAILED",
     "cancelled": "FAILED",  # GPTBots has no cancelled status: a FAILED run whose error code is `cancelled`
 }
-POLL_FIRST_S = 0.002
-POLL_MAX_S = 0.1
 _RUN_SQL = f"SELECT {queries.JOB_COLUMNS}, api_key_id FROM jobs WHERE id = $1"
 _INPUTS_SQL = "SELECT inputs FROM jobs WHERE id = $1"
 _RECIPE_NAME_SQL = "SELECT name FROM recipes WHERE id = $1"
@@ -114,11 +113,11 @@ async def invoke_workflow(request: Request) -> Response:
     if body.user_id is not None:
         me = await _acting_for(rt, request, me, body.user_id)
     recipe_ref = _recipe_ref(me, body.workflow_id)
-    recipe = await _recipe(rt, me, recipe_ref)
+    recipe, graph = await _recipe(rt, me, recipe_ref)
     webhooks = check_webhooks(body.webhook, dialect=DIALECT, field="webhook")
     try:
         job, _ = await submit_for(
-            rt, me, recipe["id"], body.input, revision=recipe["latest_revision"], webhooks=webhooks
+            rt, me, (recipe, graph), body.input, revision=recipe["latest_revision"], webhooks=webhooks
         )
     except InputInvalidError as exc:
         # The GPTBots error shape has only a message, so it names each field that failed (the details would).
@@ -133,7 +132,8 @@ async def invoke_workflow(request: Request) -> Response:
     }
     if body.is_async:
         return json_response(head | {"status": "PENDING"})
-    run = await wait_for_end(rt, job["id"], rt.settings.gptbots.sync_wait_s)
+    read = functools.partial(read_run, rt.jobs)
+    run = await rt.jobs.wait_ended(job["id"], rt.settings.gptbots.sync_wait_s, read=read)
     result = await run_result(rt.jobs, run, recipe_name=recipe["name"])
     if result["status"] == "PENDING":
         # A sync call past its wait answers RUNNING, as the issue asks, even while the run still queues: to the
@@ -142,17 +142,18 @@ async def invoke_workflow(request: Request) -> Response:
     return json_response(result)
 
 
-async def _recipe(rt: Runtime, me: Principal, ref: str) -> Row:
-    """The recipe a call runs; a recipe key naming anything but its own recipe gets 403, found or not."""
+async def _recipe(rt: Runtime, me: Principal, ref: str) -> tuple[Row, RecipeGraph]:
+    """The recipe a call runs and its newest graph; a recipe key naming anything but its own recipe gets 403,
+    found or not."""
     try:
-        recipe, _ = await rt.recipes.resolve(ref, viewer=me.user_id)
+        recipe, graph = await rt.recipes.resolve(ref, viewer=me.user_id)
     except NotFoundError:
         if me.key_kind == "recipe":
             raise _not_own_workflow() from None
         raise
     if me.key_kind == "recipe" and not me.may_run(recipe["id"]):
         raise _not_own_workflow()
-    return recipe
+    return recipe, graph
 
 
 def _not_own_workflow() -> ForbiddenError:
@@ -184,25 +185,6 @@ def _recipe_ref(me: Principal, workflow_id: str | None) -> str:
             "workflowId is required: only a recipe key knows its workflow", details=[{"field": "workflowId"}]
         )
     return workflow_id
-
-
-async def wait_for_end(rt: Runtime, job_id: str, wait_s: float) -> Row:
-    """The run once it ended, or as it is after `wait_s` (it goes on); polls the store with a growing delay.
-
-    The store is asked rather than the executor, so a run claimed by any process is seen the moment it ends.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    delay = POLL_FIRST_S
-    while True:
-        run = await read_run(rt.jobs, job_id)
-        if run is None:  # deleted under us: as unknown as any other missing run
-            raise NotFoundError("workflow run", job_id)
-        left = deadline - loop.time()
-        if is_terminal(run["state"]) or left <= 0:
-            return run
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 1.5, POLL_MAX_S)
 
 
 async def read_run(jobs: JobService, job_id: str) -> Row | None:

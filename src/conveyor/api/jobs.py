@@ -18,7 +18,9 @@ from conveyor.auth.principal import Principal
 from conveyor.errors import NotFoundError, ValidationError
 from conveyor.jobs import queries
 from conveyor.jobs.inputs import prepare_inputs
+from conveyor.jobs.notices import wait_for_notice
 from conveyor.jobs.service import is_terminal
+from conveyor.recipes.graph import RecipeGraph
 from conveyor.runtime import Runtime
 from conveyor.store.db import Row
 from conveyor.webhooks.validation import check_webhooks
@@ -147,7 +149,7 @@ async def submit_job(request: Request) -> Response:
 async def submit_for(
     rt: Runtime,
     me: Principal,
-    recipe_ref: str,
+    recipe_ref: str | tuple[Row, RecipeGraph],
     raw_inputs: Any,
     *,
     revision: int | None = None,
@@ -157,12 +159,14 @@ async def submit_for(
 ) -> tuple[Row, bool]:
     """Submits a job of a recipe the caller sees and may run, as the caller; every dialect's submit ends here.
 
-    `webhooks` are `(url, method, headers JSON, dialect)`, checked by the caller.
+    `recipe_ref` is a recipe's id or name, or the recipe and graph a dialect already resolved (as the caller,
+    at `revision`). `webhooks` are `(url, method, headers JSON, dialect)`, checked by the caller.
     """
-    recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
+    if isinstance(recipe_ref, str):
+        recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
+    else:
+        recipe, graph = recipe_ref
     me.require_run(recipe["id"])
-    if me.api_key_id is not None:
-        await rt.auth.keys.check_concurrency(me.api_key_id, rt.settings.keys.max_concurrent_jobs)
     inputs = await prepare_inputs(graph.contract, raw_inputs, rt.files.bind(user_id=me.user_id, job_id=None))
     job, created = await rt.jobs.submit(
         recipe_id=recipe["id"],
@@ -174,10 +178,13 @@ async def submit_for(
         priority=priority,
         user_id=me.user_id,
         api_key_id=me.api_key_id,
+        key_cap=None
+        if me.api_key_id is None
+        else rt.auth.keys.concurrency_cap(me.api_key_id, rt.settings.keys.max_concurrent_jobs),
         webhooks=webhooks,
     )
-    if created and rt.executor is not None:
-        rt.executor.notify()
+    if created:
+        await rt.job_queued(job["id"], priority)
     return job, created
 
 
@@ -266,17 +273,15 @@ async def read_result(job_id: str, rt: Runtime = Depends(runtime), me: Principal
 async def cancel_job(job_id: str, rt: Runtime = Depends(runtime), me: Principal = Depends(principal)) -> Response:
     me.require_run((await own_job(rt, me, job_id))["recipe_id"])  # only what the token may run
     job = await rt.jobs.cancel(job_id)
-    if job["state"] == "running" and rt.executor is not None and rt.executor.cancel_local(job_id):
-        for _ in range(100):  # the runner stops the blocks and stores the cancellation within milliseconds
-            await asyncio.sleep(0.01)
-            job = await rt.jobs.get(job_id)
-            if is_terminal(job["state"]):
-                break
+    if job["state"] == "running" and rt.cancel_running(job_id):
+        # The runner stops the blocks and stores the cancellation within milliseconds: answer with the end.
+        job = await rt.jobs.wait_ended(job_id, CANCEL_WAIT_S)
     return JSONResponse(job_summary(job), status_code=200 if is_terminal(job["state"]) else 202)
 
 
+CANCEL_WAIT_S = 1.0  # how long a cancel waits for a running job to stop before answering 202
 SSE_POLL_MIN_S = 0.02
-SSE_POLL_MAX_S = 0.5
+SSE_POLL_MAX_S = 1.0
 SSE_HEARTBEAT_S = 15.0
 
 
@@ -318,10 +323,19 @@ async def _events(rt: Runtime, job_id: str, after: int, deadline: float) -> Asyn
     A job found already ended while nothing follows `after` (a client resuming after its terminal event)
     ends the stream at once instead of holding it open until the deadline.
     """
+    with rt.jobs.notices.watch(job_id) as changed:
+        async for chunk in _events_watched(rt, job_id, after, deadline, changed):
+            yield chunk
+
+
+async def _events_watched(
+    rt: Runtime, job_id: str, after: int, deadline: float, changed: asyncio.Event
+) -> AsyncIterator[bytes]:
     delay = SSE_POLL_MIN_S
     last_sent = time.monotonic()
     checked_state = False
     while time.monotonic() < deadline:
+        changed.clear()
         rows = await rt.jobs.events(job_id, after_id=after)
         for row in rows:
             after = row["id"]
@@ -344,7 +358,8 @@ async def _events(rt: Runtime, job_id: str, after: int, deadline: float) -> Asyn
         if time.monotonic() - last_sent > SSE_HEARTBEAT_S:
             last_sent = time.monotonic()
             yield b": keep-alive\n\n"
-        await asyncio.sleep(delay)
+        # A notice (events written here, or relayed) wakes the stream at once; the poll is the fallback.
+        await wait_for_notice(changed, delay)
         delay = min(delay * 2, SSE_POLL_MAX_S)
 
 

@@ -130,7 +130,7 @@ async def exec_workflow(
     me.require_run(recipe["id"])  # before the args are judged: a token not allowed this recipe learns nothing of it
     inputs = chat_inputs(graph.contract, body.args or {})
     try:
-        job, _ = await submit_for(rt, me, recipe["id"], inputs, revision=recipe["latest_revision"])
+        job, _ = await submit_for(rt, me, (recipe, graph), inputs, revision=recipe["latest_revision"])
     except InputInvalidError as exc:
         # Omnitool's error shape has only a message, so it names each arg that failed (the details would).
         problems = exc.details if isinstance(exc.details, list) else []
@@ -377,8 +377,8 @@ async def stop_job(rt: Runtime, job_id: str) -> None:
         job = await rt.jobs.cancel(job_id)
     except IllegalTransitionError:  # it ended meanwhile: nothing to stop
         return
-    if job["state"] == "running" and rt.executor is not None:
-        rt.executor.cancel_local(job_id)
+    if job["state"] == "running":
+        rt.cancel_running(job_id)
 
 
 # ---------------------------------------------------------------------------------------------- workflows

@@ -305,15 +305,8 @@ class KeyService:
                 retry_after_s=max(1, math.ceil(wait)),
             )
 
-    async def check_concurrency(self, key_id: str, default_max: int) -> None:
-        """Refuses a new job (429) while the key has its maximum of pending and running jobs."""
+    def concurrency_cap(self, key_id: str, default_max: int) -> int:
+        """How many jobs the key may have pending or running at once (its own limit, else the default);
+        `JobService.submit` counts against it in the insert itself."""
         limits = self._limits.get(key_id)
-        cap = (limits.max_concurrent_jobs if limits else None) or default_max
-        running = await self.db.fetch_val(
-            "SELECT COUNT(*) FROM jobs WHERE api_key_id = $1 AND state IN ('pending', 'running')", key_id
-        )
-        if int(running) >= cap:
-            raise RateLimitedError(
-                f"this API key has {cap} jobs pending or running, its limit; retry when one has finished",
-                retry_after_s=1,
-            )
+        return (limits.max_concurrent_jobs if limits else None) or default_max

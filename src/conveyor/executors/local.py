@@ -70,7 +70,11 @@ class LocalExecutor:
         renew_interval_s: float,
         poll_interval_s: float,
         max_resumes: int = 3,
+        claims: bool = True,
+        on_requeued: Callable[[list[tuple[str, int]]], Awaitable[None]] | None = None,
     ) -> None:
+        """`claims=False` runs only the jobs handed to `run_one` (a Celery worker); `on_requeued` is told of jobs
+        recovery put back in the queue (a Celery process sends them to the workers again)."""
         self.jobs = jobs
         self.engine = engine
         self.graphs = graphs
@@ -79,6 +83,8 @@ class LocalExecutor:
         self.renew_interval_s = renew_interval_s
         self.poll_interval_s = poll_interval_s
         self.max_resumes = max_resumes
+        self.claims = claims
+        self.on_requeued = on_requeued
         self.owner = f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
@@ -97,24 +103,23 @@ class LocalExecutor:
         counts = await self.recover()
         if counts["failed"] or counts["resumed"]:
             log.warning("recovered interrupted jobs: %s", counts)
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="executor-claim"),
-            asyncio.create_task(self._renew_loop(), name="executor-renew"),
-        ]
+        self._tasks = [asyncio.create_task(self._renew_loop(), name="executor-renew")]
+        if self.claims:
+            self._tasks.append(asyncio.create_task(self._claim_loop(), name="executor-claim"))
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stops claiming; waits up to `grace_s` for running jobs, then releases the rest to the queue."""
         self._stopping = True
         self._wake.set()
-        claim_loop, *others = self._tasks
-        for task in others:
-            task.cancel()
-        # The claim loop is not cancelled: cut off inside a claim whose write still commits, it would leave
-        # jobs `running` under this owner with no task. It sees `_stopping` and ends by itself.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(claim_loop), timeout=grace_s)
-        if not claim_loop.done():
-            claim_loop.cancel()
+        renew_loop, *claim_loops = self._tasks
+        renew_loop.cancel()
+        for claim_loop in claim_loops:
+            # The claim loop is not cancelled: cut off inside a claim whose write still commits, it would leave
+            # jobs `running` under this owner with no task. It sees `_stopping` and ends by itself.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(claim_loop), timeout=grace_s)
+            if not claim_loop.done():
+                claim_loop.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         running = list(self._running.values())
         if running:
@@ -141,9 +146,33 @@ class LocalExecutor:
         return True
 
     async def recover(self) -> dict[str, int]:
-        return await self.jobs.recover(
-            host_prefix=process_owner_prefix(), is_dead=self._is_dead, max_resumes=self.max_resumes
+        requeued: list[tuple[str, int]] = []
+        counts = await self.jobs.recover(
+            host_prefix=process_owner_prefix(), is_dead=self._is_dead, max_resumes=self.max_resumes, requeued=requeued
         )
+        if requeued:
+            self._wake.set()
+            if self.on_requeued is not None:
+                await self.on_requeued(requeued)
+        return counts
+
+    async def run_one(self, job_id: str) -> str:
+        """Claims and runs the job `job_id` (a Celery task's) and waits for it: `done` once its end is stored,
+        `skipped` when it was not pending (a duplicate delivery, or taken or cancelled meanwhile: nothing ran),
+        `released` when this process stopped it and put it back in the queue (or lost its lease)."""
+        if self._stopping:
+            return "released"
+        job = await self.jobs.claim_one(job_id, self.owner, self.lease_ms)
+        if job is None:
+            return "skipped"
+        if self._stopping:  # claimed while shutting down: give it straight back
+            await self._release(job)
+            return "released"
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(functools.partial(self._job_done, job.id))
+        await asyncio.wait([task])
+        return "released" if task.cancelled() else "done"
 
     def _is_dead(self, owner: str) -> bool:
         if owner == self.owner:
@@ -248,6 +277,8 @@ class LocalExecutor:
             await self.jobs.db.write(self.jobs.event_op(rows, self.owner))
         except Exception:
             log.exception("writing node events failed")
+            return
+        self.jobs.notices.publish(dict.fromkeys(row[0] for row in rows))
 
     async def _events_written(self, job_id: str) -> None:
         """Waits until the batches holding this job's events are in the store (its last events follow them).

@@ -47,14 +47,41 @@ _JOB_COLUMNS = """jobs (id, recipe_id, revision, user_id, state, priority, input
 _JOB_VALUES = "$1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11, $12, $13"
 
 
-def insert_job_sql(dialect: str) -> str:
-    """The bounded submit: the row goes in only while fewer than $14 jobs wait."""
+def active_for_key_sql(dialect: str) -> str:
+    """A key's pending and running jobs ($1: the key's id), counted on the (api_key_id, state) index."""
+    table = "jobs" if dialect == "postgresql" else "jobs INDEXED BY ix_jobs_key_state"
+    return f"SELECT COUNT(*) FROM {table} WHERE api_key_id = $1 AND state IN ('pending', 'running')"
+
+
+def insert_job_sql(dialect: str, *, bounded: bool, key_capped: bool) -> str:
+    """The checked submit: the row goes in only while fewer than $14 jobs wait (`bounded`) and, for a capped
+    API key, while the key ($12) has fewer than its cap ($14, or $15 after the queue bound) pending or running.
+
+    Counted in the insert itself, so the check and the insert are one step: on SQLite writes are serial; on
+    PostgreSQL `key_lock_op` serializes one key's submits first.
+    """
+    checks = []
+    if bounded:
+        checks.append(f"({count_pending_sql(dialect)}) < $14")
+    if key_capped:
+        # Cast as the insert's own use of $12 is typed, or PostgreSQL deduces two types for one parameter.
+        key_count = active_for_key_sql(dialect).replace("$1", "CAST($12 AS VARCHAR(36))")
+        checks.append(f"({key_count}) < ${15 if bounded else 14}")
+    assert checks, "an unchecked submit is INSERT_JOB_UNBOUNDED"
     return f"""
 INSERT INTO {_JOB_COLUMNS}
 SELECT {_JOB_VALUES}
-WHERE ({count_pending_sql(dialect)}) < $14
+WHERE {" AND ".join(checks)}
 ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 """
+
+
+def key_lock_op(dialect: str, key_id: str | None) -> list[Op]:
+    """On PostgreSQL, a transaction lock on one API key, so two processes' submits for it count in turn (under
+    READ COMMITTED each would count without the other's new row); SQLite writes one transaction at a time."""
+    if dialect != "postgresql" or key_id is None:
+        return []
+    return [Op("SELECT pg_advisory_xact_lock(hashtextextended(CAST($1 AS TEXT), 7))", (key_id,))]
 
 
 # The same without the queue bound: used while the queue is known to be far from full (see JobService.submit).
@@ -109,24 +136,35 @@ def insert_job_ops(
     max_pending: int | None,
     dialect: str,
     api_key_id: str | None = None,
+    key_cap: int | None = None,
     webhooks: Sequence[tuple[str, str, str, str]] = (),
 ) -> list[Op]:
-    """The submit: the job row (unless the queue is full or the key was used), its webhooks
-    (`(url, method, headers JSON, dialect)`, written only with the row) and its `pending` event.
+    """The submit: the job row (unless the queue is full, the key is at its cap or the idempotency key was
+    used), its webhooks (`(url, method, headers JSON, dialect)`, written only with the row) and its `pending`
+    event.
 
-    With `max_pending` the insert itself counts the queue; None skips that count.
+    With `max_pending` the insert itself counts the queue; None skips that count. With `key_cap` (and an
+    `api_key_id`) it counts the key's pending and running jobs too; on PostgreSQL put `key_lock_op` first.
     """
     args: tuple[Any, ...] = (job_id, recipe_id, revision, user_id, priority, inputs, idempotency_scope)
     args += (idempotency_key, timeout_s, on_interrupt, created_at, api_key_id, len(webhooks))
-    ops = [Op(INSERT_JOB_UNBOUNDED, args) if max_pending is None else Op(insert_job_sql(dialect), (*args, max_pending))]
+    capped = api_key_id is not None and key_cap is not None
+    checked = max_pending is not None or capped
+    ops: list[Op] = []
+    if checked:
+        bounds = tuple(b for b in (max_pending, key_cap if capped else None) if b is not None)
+        sql = insert_job_sql(dialect, bounded=max_pending is not None, key_capped=capped)
+        ops.append(Op(sql, (*args, *bounds)))
+    else:
+        ops.append(Op(INSERT_JOB_UNBOUNDED, args))
     if webhooks:
         rows = [(job_id, position, *hook) for position, hook in enumerate(webhooks)]
         ops.append(Op(INSERT_JOB_WEBHOOK, rows, many=True, if_changed=True))
     return [
         *ops,
-        # Without a key or a bound the job row is surely inserted, so its event needs no check.
+        # Without a check or a key the job row is surely inserted, so its event needs no check.
         Op(INSERT_EVENT, (job_id, "state", None, PENDING_EVENT, created_at))
-        if max_pending is None and idempotency_key is None
+        if not checked and idempotency_key is None
         else Op(INSERT_STATE_EVENT_IF_JOB, (job_id, PENDING_EVENT, created_at)),
     ]
 
@@ -144,6 +182,23 @@ WHERE {state} IN {sources_sql(JobState.RUNNING)} AND id IN (
     SELECT id FROM {source} WHERE state = 'pending' ORDER BY priority DESC, created_at, id LIMIT $4{lock})
 RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested, webhook_count
 """
+
+
+# Claims one named job (a Celery worker given its id): only while it is pending, so a task delivered twice, or
+# one whose job another worker took or a client cancelled, claims nothing. The row lock of the UPDATE orders two
+# workers racing for it; the second finds it no longer pending.
+CLAIM_ONE_SQL = f"""
+UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = CAST($2 AS BIGINT) + CAST($3 AS BIGINT),
+       started_at = COALESCE(started_at, $2), attempts = attempts + 1, updated_at = $2
+WHERE id = $4 AND state IN {sources_sql(JobState.RUNNING)}
+RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, attempts, cancel_requested, webhook_count
+"""
+# Pending jobs left unclaimed since before $1 (their dispatch may be lost), oldest first, at most $2.
+STALE_PENDING_SQL = (
+    "SELECT id, priority FROM jobs WHERE state = 'pending' AND updated_at < $1 ORDER BY created_at LIMIT $2"
+)
+# Marks jobs as sent again now, so the next sweep waits as long again before sending them once more.
+TOUCH_PENDING_SQL = "UPDATE jobs SET updated_at = $2 WHERE id = $1 AND state = 'pending'"
 
 
 def finish_ops(
@@ -210,7 +265,7 @@ WHERE id = $1 AND state = 'pending' AND state IN {sources_sql(JobState.CANCELLED
 REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'"
 
 LAPSED_SQL = """
-SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts, webhook_count FROM jobs
+SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts, webhook_count, priority FROM jobs
 WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
 ORDER BY lease_expires_at LIMIT 500
 """

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from conveyor.blocks.base import FileStore
-from conveyor.errors import IllegalTransitionError, NotFoundError, QueueFullError
+from conveyor.errors import IllegalTransitionError, NotFoundError, QueueFullError, RateLimitedError
 from conveyor.jobs import queries as q
+from conveyor.jobs.notices import JobNotices, wait_for_notice
 from conveyor.jobs.states import TERMINAL, JobState
 from conveyor.jobs.values import dumps, encode, rehydrate
 from conveyor.store.db import Database, Op, Row
@@ -52,6 +54,8 @@ class JobService:
         self._submitted_since_count = 0
         # Called after a write that queued webhook deliveries (the dispatcher's `notify`), so they go out at once.
         self.on_deliveries: Callable[[], None] | None = None
+        # Wakes this process's waiters on a job (sync invokes, SSE streams) after each write that changes it.
+        self.notices = JobNotices()
 
     def _deliveries_written(self) -> None:
         if self.on_deliveries is not None:
@@ -83,12 +87,14 @@ class JobService:
         idempotency_key: str | None = None,
         priority: int = 0,
         api_key_id: str | None = None,
+        key_cap: int | None = None,
         webhooks: Sequence[tuple[str, str, str, str]] = (),
     ) -> tuple[Row, bool]:
         """Queues a job; returns (job, created). A repeated idempotency key returns the first job.
 
         `webhooks` (`(url, method, headers JSON, dialect)`, already checked) are stored with the job, in the
-        same transaction.
+        same transaction. With `key_cap`, the API key `api_key_id` may have at most that many jobs pending or
+        running: counted in the insert, so concurrent submits cannot pass it together (`RateLimitedError`).
         """
         job_id = uuid7()
         at = q.now_ms()
@@ -96,7 +102,9 @@ class JobService:
         encoded = (await encode(inputs, self.files, self.inline_max)).decode()
         bounded = not await self._queue_far_from_full()
         self._submitted_since_count += 1
-        inserted, *_ = await self.db.write(
+        lock = q.key_lock_op(self.db.dialect, api_key_id if key_cap is not None else None)
+        results = await self.db.write(
+            *lock,
             *q.insert_job_ops(
                 job_id=job_id,
                 recipe_id=recipe_id,
@@ -112,39 +120,43 @@ class JobService:
                 max_pending=self.max_pending if bounded else None,
                 dialect=self.db.dialect,
                 api_key_id=api_key_id,
+                key_cap=key_cap,
                 webhooks=webhooks,
-            )
+            ),
         )
-        if inserted:
+        if results[len(lock)]:
             return _new_job_row(job_id, recipe_id, revision, user_id, priority, idempotency_key, at), True
         if idempotency_key is not None:
             existing = await q.read_job_by_key(self.db, scope, idempotency_key)
             if existing is not None:
                 return existing, False
+        if key_cap is not None and api_key_id is not None:
+            active = await self.db.fetch_val(q.active_for_key_sql(self.db.dialect), api_key_id)
+            if int(active) >= key_cap:
+                raise RateLimitedError(
+                    f"this API key has {key_cap} jobs pending or running, its limit; retry when one has finished",
+                    retry_after_s=1,
+                )
         raise QueueFullError(f"the queue is full ({self.max_pending} jobs waiting); retry later", retry_after_s=1)
 
     async def claim(self, owner: str, limit: int, lease_ms: int) -> list[ClaimedJob]:
         """Takes up to `limit` pending jobs, oldest first within priority, leased to `owner`."""
         rows = await self.db.execute_returning(self._claim_sql, owner, q.now_ms(), lease_ms, limit)
-        claimed = []
-        for row in rows:
-            # Spilled inputs are read back by the runner (`read_inputs`), so one unreadable job fails alone
-            # instead of stranding the whole claimed batch.
-            inputs = orjson.loads(row["inputs"])
-            claimed.append(
-                ClaimedJob(
-                    id=row["id"],
-                    recipe_id=row["recipe_id"],
-                    revision=row["revision"],
-                    user_id=row["user_id"],
-                    inputs=inputs,
-                    timeout_s=row["timeout_s"],
-                    on_interrupt=row["on_interrupt"],
-                    attempts=row["attempts"],
-                    webhook_count=row["webhook_count"],
-                )
-            )
-        return claimed
+        return [_claimed(row) for row in rows]
+
+    async def claim_one(self, job_id: str, owner: str, lease_ms: int) -> ClaimedJob | None:
+        """Takes the job `job_id` if it is pending, leased to `owner`; None when it is not (already taken, ended,
+        or unknown): a task delivered twice runs its job once."""
+        rows = await self.db.execute_returning(q.CLAIM_ONE_SQL, owner, q.now_ms(), lease_ms, job_id)
+        return _claimed(rows[0]) if rows else None
+
+    async def stale_pending(self, older_than_ms: int, limit: int) -> list[Row]:
+        """Pending jobs unclaimed and untouched for `older_than_ms`, each marked as touched now."""
+        now = q.now_ms()
+        rows = await self.db.fetch_all(q.STALE_PENDING_SQL, now - older_than_ms, limit)
+        if rows:
+            await self.db.write(Op(q.TOUCH_PENDING_SQL, [(row["id"], now) for row in rows], many=True))
+        return rows
 
     async def read_inputs(self, job: ClaimedJob) -> dict[str, Any]:
         """A claimed job's inputs with spilled values read back from the file store."""
@@ -194,8 +206,10 @@ class JobService:
                 webhook_count=webhook_count,
             )
         )
-        if webhook_count and results[0]:
-            self._deliveries_written()
+        if results[0]:
+            self.notices.publish((job_id,), ended=True)
+            if webhook_count:
+                self._deliveries_written()
         return bool(results[0])
 
     async def release(self, job_id: str, owner: str, events: Sequence[tuple[Any, ...]] = ()) -> bool:
@@ -203,6 +217,8 @@ class JobService:
         at = q.now_ms()
         state_event = q.state_event(job_id, JobState.PENDING, at)
         results = await self.db.write(q.release_op(job_id, owner, at), q.moved_events([*events, state_event]))
+        if results[0]:
+            self.notices.publish((job_id,))
         return bool(results[0])
 
     async def cancel(self, job_id: str) -> Row:
@@ -220,6 +236,7 @@ class JobService:
                 *([deliveries_op(job_id, hooks, JobState.CANCELLED.value, at)] if hooks else []),
             )
             if count:
+                self.notices.publish((job_id,), ended=True)
                 if hooks:
                     self._deliveries_written()
                 return await self.get(job_id)
@@ -230,13 +247,19 @@ class JobService:
         raise IllegalTransitionError(f"job {job_id} is already {state.value}", details={"state": state.value})
 
     async def recover(
-        self, *, host_prefix: str, is_dead: Callable[[str], bool], max_resumes: int = 3
+        self,
+        *,
+        host_prefix: str,
+        is_dead: Callable[[str], bool],
+        max_resumes: int = 3,
+        requeued: list[tuple[str, int]] | None = None,
     ) -> dict[str, int]:
         """Finds running jobs whose lease lapsed (or whose owner on this host died) and fails or re-queues them.
 
         Jobs of recipes with `on_interrupt: resume` go back to the queue and resume from their last finished
         node, at most `max_resumes` times (a job that keeps crashing its process must not loop for ever); the
-        others fail with reason `interrupted`.
+        others fail with reason `interrupted`. Re-queued jobs are added to `requeued` as (id, priority) (a Celery
+        sweeper sends them to the workers again).
         """
         now = q.now_ms()
         rows = await self.db.fetch_all(q.LAPSED_SQL, now, host_prefix + "%")
@@ -253,6 +276,10 @@ class JobService:
                 event = q.state_event(row["id"], JobState.PENDING, at, ',"reason":"resumed"')
                 done, _ = await self.db.write(q.release_op(row["id"], owner, at), q.moved_events([event]))
                 counts["resumed"] += done
+                if done:
+                    self.notices.publish((row["id"],))
+                    if requeued is not None:
+                        requeued.append((row["id"], int(row["priority"])))
             else:
                 error = {"code": "interrupted", "message": "the process running this job stopped before it finished"}
                 extra = ',"error":' + dumps(error).decode()
@@ -263,8 +290,10 @@ class JobService:
                     q.moved_events([event]),
                     *([deliveries_op(row["id"], hooks, JobState.FAILED.value, at)] if hooks else []),
                 )
-                if done and hooks:
-                    self._deliveries_written()
+                if done:
+                    self.notices.publish((row["id"],), ended=True)
+                    if hooks:
+                        self._deliveries_written()
                 counts["failed"] += done
         return counts
 
@@ -275,6 +304,37 @@ class JobService:
             data = orjson.loads(row["data"])
             completed[row["node"]] = await rehydrate(data.get("outputs") or {}, self.files)
         return completed
+
+    async def wait_ended(
+        self,
+        job_id: str,
+        wait_s: float,
+        *,
+        read: Callable[[str], Awaitable[Row | None]] | None = None,
+        first_delay_s: float = 0.01,
+        max_delay_s: float = 0.5,
+    ) -> Row:
+        """The job once it ended, or as it is after `wait_s` (it goes on); `read` reads the row (default `read`).
+
+        The store is asked, so a job ended by any process is seen: a notice (`notices`) wakes the wait the moment
+        this process, or a relayed one, ends it; a poll from `first_delay_s`, doubling to `max_delay_s`, is the
+        fallback for ends no notice reports. The first read comes after the first notice or poll: callers wait
+        on jobs they have just submitted or asked to stop, which have not ended yet.
+        """
+        read = read or self.read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = first_delay_s
+        with self.notices.watch(job_id, ends_only=True) as ended:
+            while True:
+                await wait_for_notice(ended, min(delay, max(deadline - loop.time(), 0.0)))
+                ended.clear()
+                job = await read(job_id)
+                if job is None:  # deleted under us
+                    raise NotFoundError("job", job_id)
+                if is_terminal(job["state"]) or loop.time() >= deadline:
+                    return job
+                delay = min(delay * 2, max_delay_s)
 
     async def read(self, job_id: str) -> Row | None:
         return await q.read_job(self.db, job_id)
@@ -322,6 +382,22 @@ class JobService:
         rows = await q.read_jobs(self.db, limit=limit, state=state, recipe_id=recipe_id, user_id=user_id, after=after)
         total = await q.count_jobs(self.db, state=state, recipe_id=recipe_id, user_id=user_id)
         return rows, total
+
+
+def _claimed(row: Row) -> ClaimedJob:
+    # Spilled inputs are read back by the runner (`read_inputs`), so one unreadable job fails alone instead of
+    # stranding the whole claimed batch.
+    return ClaimedJob(
+        id=row["id"],
+        recipe_id=row["recipe_id"],
+        revision=row["revision"],
+        user_id=row["user_id"],
+        inputs=orjson.loads(row["inputs"]),
+        timeout_s=row["timeout_s"],
+        on_interrupt=row["on_interrupt"],
+        attempts=row["attempts"],
+        webhook_count=row["webhook_count"],
+    )
 
 
 def uuid7() -> str:

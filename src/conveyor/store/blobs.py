@@ -19,9 +19,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from conveyor.errors import NotFoundError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
 
 CHUNK_SIZE = 64 * 1024
 BATCH_SIZE = 16 * CHUNK_SIZE  # bytes handed to one worker-thread call
@@ -193,3 +196,12 @@ class LocalBlobStore(BlobStore):
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store `settings.files.backend` names: a directory (`local`, the default) or an S3 bucket (`s3`)."""
+    if settings.files.backend == "s3":
+        from conveyor.store.s3 import S3BlobStore  # boto3 is only needed by deployments that use S3
+
+        return S3BlobStore.from_settings(settings.files)
+    return LocalBlobStore(settings.files_path)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, pool
+from sqlalchemy import create_engine, event, pool, text
 
 from conveyor.store.db import sqlalchemy_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x636F6E76  # "conv": the advisory lock key migrations hold on PostgreSQL
 
 
 def alembic_config(url: str) -> Config:
@@ -35,6 +36,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several processes starting together (API servers, workers) migrate one after another: the
+                # later ones find the schema current. PostgreSQL's DDL is transactional, so the lock spans it.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config = alembic_config(url)
             config.attributes["connection"] = conn
             command.upgrade(config, revision)

@@ -1,0 +1,116 @@
+"""Job notices between processes, over Redis (or Valkey) pub/sub: a run that a worker ends wakes the sync
+invoke or SSE stream waiting on it in any API process at once; a cancel asked of any server reaches the worker
+running the job; webhook deliveries a worker wrote wake the servers' dispatchers.
+
+Each process publishes what `JobNotices` publishes (job ids, and whether they ended) on one channel and
+delivers what the others publish to its own waiters. Best effort by design: a notice lost while the broker
+restarts costs the waiter one poll interval, never a result (waiters poll as fallback, and read the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from conveyor.jobs.notices import JobNotices
+
+log = logging.getLogger("conveyor.notices")
+
+CHANNEL = "conveyor:job-notices"
+MAX_QUEUED = 10_000  # notices waiting to be published; past it they are dropped (waiters poll)
+RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
+
+
+class RedisNoticeRelay:
+    """Publishes this process's job notices and delivers other processes' to `notices`."""
+
+    def __init__(self, url: str, notices: JobNotices) -> None:
+        self.notices = notices
+        self.origin = secrets.token_hex(8)
+        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.subscribed = asyncio.Event()  # set while the subscription is live (tests wait on it)
+        # Called when another process wrote webhook deliveries (a server's dispatcher sends them at once).
+        self.on_deliveries: Callable[[], None] | None = None
+        # Called with a job id another process was asked to cancel (a worker stops it if it runs it).
+        self.on_cancel: Callable[[str], object] | None = None
+
+    async def start(self) -> None:
+        self.notices.relay = self._enqueue
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="notices-publish"),
+            asyncio.create_task(self._subscribe_loop(), name="notices-subscribe"),
+        ]
+
+    async def stop(self) -> None:
+        self.notices.relay = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
+
+    def _enqueue(self, job_ids: list[str], ended: bool) -> None:
+        message = orjson.dumps({"o": self.origin, "ids": job_ids, "ended": ended})
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(message)
+
+    def announce_deliveries(self) -> None:
+        """This process wrote webhook deliveries but sends none (a worker): wake the servers' dispatchers."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(orjson.dumps({"o": self.origin, "ids": [], "hooks": True}))
+
+    def request_cancel(self, job_id: str) -> None:
+        """Asks whichever process runs `job_id` to stop it now (the job's cancel flag is already stored)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(orjson.dumps({"o": self.origin, "ids": [], "cancel": job_id}))
+
+    async def _publish_loop(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            try:
+                await self._redis.publish(CHANNEL, message)
+            except (RedisError, OSError) as exc:
+                log.debug("publishing a job notice failed (waiters poll): %s", exc)
+
+    async def _subscribe_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self.subscribed.set()
+                    failures = 0
+                    async for message in pubsub.listen():
+                        self._deliver(message.get("data"))
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                delay = RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)]
+                failures += 1
+                log.debug("job notices unsubscribed (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _deliver(self, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        try:
+            message = orjson.loads(data)
+            if message.get("o") == self.origin:
+                return  # our own, delivered here already
+            ids = [str(job_id) for job_id in message.get("ids", ())][:1000]
+            if ids:
+                self.notices.deliver(ids, ended=bool(message.get("ended")))
+            if message.get("hooks") and self.on_deliveries is not None:
+                self.on_deliveries()
+            cancel = message.get("cancel")
+            if isinstance(cancel, str) and self.on_cancel is not None:
+                self.on_cancel(cancel[:100])
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            log.warning("ignored a malformed job notice")
