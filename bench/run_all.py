@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import distributed
 import engine_overhead
 import http_throughput
 import latency
@@ -106,6 +107,7 @@ def summary(
     mem: dict[str, Any],
     hooks: dict[str, Any],
     sync: dict[str, Any],
+    dist: dict[str, Any],
 ) -> str:
     """The targets, the figures and pass/miss, as one table."""
     uvloop_worst = max(r["us_per_block_median"] for r in engine["results"] if r["loop"] == "uvloop")
@@ -159,6 +161,27 @@ def summary(
             f"one at a time: p50 {sync['c1_p50_ms']:.2f} ms)",
             _verdict(sync["passed"]),
         ),
+        (
+            "distributed: trivial jobs/s end to end, 2 API processes + 2 workers (one 2-core machine)",
+            f"≥ {dist['target_jobs_per_s']:,.0f}/s",
+            f"{dist['jobs_per_s']:,.0f}/s ("
+            + ", ".join(f"{t['label']}: {t['jobs_per_s']:,.0f}" for t in dist["throughput"][:-1])
+            + ")",
+            _verdict(dist["passed_jobs"]),
+        ),
+        (
+            "distributed: latency Celery dispatch adds to one trivial job, p50",
+            f"≤ {dist['target_dispatch_p50_ms']:g} ms",
+            f"{dist['dispatch_p50_ms']:+.2f} ms ({dist['latency_embedded']['end_to_end_p50_ms']:.2f} → "
+            f"{dist['latency_distributed']['end_to_end_p50_ms']:.2f} ms; p99 {dist['dispatch_p99_ms']:+.2f} ms)",
+            _verdict(dist["passed_dispatch"]),
+        ),
+        (
+            "distributed: sync invoke, job's end on a worker → answer from the API, p50",
+            f"≤ {dist['target_sync_gap_ms']:g} ms",
+            f"{dist['sync']['gap_p50_ms']:.1f} ms (p99 {dist['sync']['gap_p99_ms']:.1f} ms)",
+            _verdict(dist["passed_sync"]),
+        ),
     ]
     return table("Summary", rows, ("what", "target", "measured", "result"))
 
@@ -209,6 +232,7 @@ def main() -> None:
         http_throughput.render,
         webhooks.render,
         sync_invoke.render,
+        distributed.render,
     ]
     for (name, step), render in zip(steps, renderers, strict=True):
         print(f"\n== {name} ...", flush=True)
@@ -217,8 +241,8 @@ def main() -> None:
         text = render(figures)
         sections.append(text)
         print(text, flush=True)
-    engine, lat, mem, http, hooks, sync = results
-    top = summary(engine, http, lat, mem, hooks, sync)
+    engine, lat, mem, http, hooks, sync, dist = results
+    top = summary(engine, http, lat, mem, hooks, sync, dist)
     print(top)
 
     machine_rows = [(k, v) for k, v in facts.items()]

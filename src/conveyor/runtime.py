@@ -5,6 +5,7 @@ Both the HTTP app's lifespan and the CLI use `open_runtime(settings)`; nothing h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,7 +58,7 @@ class Runtime:
     async def job_queued(self, job_id: str, priority: int = 0) -> None:
         """A job was just queued: wake this process's executor, or send it to the Celery workers."""
         if self.celery is not None:
-            await self.celery.send(job_id, priority)
+            self.celery.send(job_id, priority)
         elif self.executor is not None:
             self.executor.notify()
 
@@ -149,7 +150,7 @@ async def open_runtime(
             await runtime.executor.start()
             stack.push_async_callback(runtime.executor.stop)
             if runtime.relay is not None:
-                runtime.relay.on_cancel = runtime.executor.cancel_local
+                runtime.relay.on_cancel = _cancel_when_requested(runtime.jobs, runtime.executor)
         yield runtime
 
 
@@ -161,7 +162,8 @@ async def _start_distributed(runtime: Runtime, stack: contextlib.AsyncExitStack,
 
     settings = runtime.settings
     runtime.celery = CeleryDispatch(celery_app(settings))
-    stack.callback(runtime.celery.close)
+    await runtime.celery.start()
+    stack.push_async_callback(runtime.celery.aclose)
     relay = runtime.relay = RedisNoticeRelay(settings.celery.broker_url.get_secret_value(), runtime.jobs.notices)
     if runtime.dispatcher is not None:
         relay.on_deliveries = runtime.dispatcher.notify  # a worker wrote deliveries: send them now
@@ -175,12 +177,33 @@ async def _start_distributed(runtime: Runtime, stack: contextlib.AsyncExitStack,
         stack.push_async_callback(sweeper.stop)
 
 
+def _cancel_when_requested(jobs: JobService, executor: LocalExecutor) -> Callable[[str], None]:
+    """Stops a job this worker runs when another process relays a cancel for it, once the store confirms the
+    request: anyone who can reach the broker can publish on the channel."""
+    checks: set[asyncio.Task[None]] = set()
+
+    async def check(job_id: str) -> None:
+        try:
+            if await jobs.cancel_requested(job_id):
+                executor.cancel_local(job_id)
+        except Exception:
+            log.exception("checking a relayed cancel of job %s failed", job_id)
+
+    def on_cancel(job_id: str) -> None:
+        if executor.runs(job_id):
+            task = asyncio.create_task(check(job_id))
+            checks.add(task)
+            task.add_done_callback(checks.discard)
+
+    return on_cancel
+
+
 def _resend(dispatch: CeleryDispatch | None) -> Callable[[list[tuple[str, int]]], Awaitable[None]] | None:
     """Sends jobs that recovery put back in the queue ((id, priority)) to the workers again."""
     if dispatch is None:
         return None
 
     async def resend(jobs: list[tuple[str, int]]) -> None:
-        await dispatch.send_many(jobs)
+        dispatch.send_many(jobs)
 
     return resend

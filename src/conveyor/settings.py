@@ -291,8 +291,8 @@ class CelerySettings(BaseModel):
         default=15.0,
         gt=0,
         le=86_400,
-        description="A pending job this long unclaimed while the broker's queues are empty is sent again (a broker "
-        "restart lost it).",
+        description="Jobs pending this long are sent again when there are more of them than tasks the broker holds "
+        "(a broker restart or a failed send lost theirs).",
     )
 
     @field_validator("queues", mode="before")

@@ -124,7 +124,7 @@ async def test_a_task_delivered_twice_runs_its_job_once(served: Any, distributed
     with distributed.worker(concurrency=4):
         job_id = await _submit(http, "slow-resume", "x")
         for _ in range(3):  # the same job id sent again while it runs: the extra tasks claim nothing
-            assert await live.runtime.celery.send(job_id)
+            assert live.runtime.celery.send(job_id)
         job = await _ended(http, job_id)
         assert job["state"] == "succeeded"
         assert job["attempts"] == 1
@@ -132,7 +132,7 @@ async def test_a_task_delivered_twice_runs_its_job_once(served: Any, distributed
         assert events.count('"state":"running"') == 1
         assert events.count('"node":"wait"') and events.count('"kind":"finished","node":"wait"') <= 1
         # A job that already ended claims nothing either.
-        assert await live.runtime.celery.send(job_id)
+        assert live.runtime.celery.send(job_id)
         await asyncio.sleep(1.0)
         again = (await http.get(f"/api/v1/jobs/{job_id}")).json()
         assert again["attempts"] == 1 and again["finished_at"] == job["finished_at"]

@@ -111,7 +111,7 @@ async def test_recover_fails_or_requeues_lapsed_jobs(jobs: JobService, db: Datab
     fail = await submit(jobs)
     resume = await submit(jobs, on_interrupt="resume")
     await jobs.claim("deadhost:1:x", 10, -1)  # a lease that has already lapsed
-    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True)
+    counts = await jobs.recover(local_owners="testhost:%", is_dead=lambda owner: True)
     assert counts == {"failed": 1, "resumed": 1}
     failed = await jobs.get(fail["id"])
     assert failed["state"] == "failed" and orjson.loads(failed["error"])["code"] == "interrupted"
@@ -123,7 +123,7 @@ async def test_recover_fails_or_requeues_lapsed_jobs(jobs: JobService, db: Datab
 async def test_live_owner_on_this_host_is_left_alone(jobs: JobService) -> None:
     job = await submit(jobs)
     await jobs.claim("testhost:1:live", 1, 60_000)
-    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: False)
+    counts = await jobs.recover(local_owners="testhost:%", is_dead=lambda owner: False)
     assert counts == {"failed": 0, "resumed": 0}
     assert (await jobs.get(job["id"]))["state"] == "running"
 
@@ -152,7 +152,7 @@ async def test_a_job_that_keeps_crashing_is_resumed_at_most_max_resumes_times(jo
         claimed = await jobs.claim("deadhost:1:x", 1, -1)
         if not claimed:
             break
-        outcomes.append(await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True, max_resumes=2))
+        outcomes.append(await jobs.recover(local_owners="testhost:%", is_dead=lambda owner: True, max_resumes=2))
     assert outcomes == [{"failed": 0, "resumed": 1}, {"failed": 0, "resumed": 1}, {"failed": 1, "resumed": 0}]
     assert (await jobs.get(job["id"]))["state"] == "failed"
 
@@ -177,7 +177,7 @@ async def test_a_lapsed_lease_is_recovered_even_if_its_owner_looks_alive(jobs: J
     """A live runner renews what it runs; a lapsed lease of a 'live' pid is a reused pid or a lost job."""
     job = await submit(jobs)
     await jobs.claim("testhost:1:old", 1, -1)
-    counts = await jobs.recover(host_prefix="testhost:", is_dead=lambda owner: False)
+    counts = await jobs.recover(local_owners="testhost:%", is_dead=lambda owner: False)
     assert counts == {"failed": 1, "resumed": 0}
     assert (await jobs.get(job["id"]))["state"] == "failed"
 
@@ -199,9 +199,23 @@ async def test_two_recoveries_of_one_job_write_one_event(jobs: JobService) -> No
     job = await submit(jobs)
     await jobs.claim("deadhost:1:x", 1, -1)
     first, second = await asyncio.gather(
-        jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True),
-        jobs.recover(host_prefix="testhost:", is_dead=lambda owner: True),
+        jobs.recover(local_owners="testhost:%", is_dead=lambda owner: True),
+        jobs.recover(local_owners="testhost:%", is_dead=lambda owner: True),
     )
     assert first["failed"] + second["failed"] == 1
     states = [orjson.loads(e["data"]).get("state") for e in await jobs.events(job["id"])]
     assert states == ["pending", "failed"]
+
+
+def test_owners_name_one_pid_namespace_of_one_boot() -> None:
+    """Hostnames that share their start (a Deployment's pods) still give different host parts; and the LIKE
+    pattern of this host's owners takes `_` and `%` literally."""
+    import socket
+
+    from conveyor.leases import host_identity, local_owners_pattern, new_owner
+
+    host = host_identity()
+    assert host.startswith(socket.gethostname()[:24] + "-") and len(host) <= 35
+    owner = new_owner()
+    assert owner.startswith(host + ":") and len(owner) <= 64
+    assert local_owners_pattern() == host.replace("_", "\\_").replace("%", "\\%") + ":%"

@@ -75,7 +75,7 @@ async def test_cancel_and_recovery_write_deliveries(jobs: JobService) -> None:
     lapsed, _ = await jobs.submit(recipe_id="r1", revision=1, inputs={}, timeout_s=60, webhooks=HOOKS[:1])
     await jobs.claim(OWNER, 1, 1)
     await asyncio.sleep(0.01)
-    counts = await jobs.recover(host_prefix="nobody:", is_dead=lambda owner: True)
+    counts = await jobs.recover(local_owners="nobody:%", is_dead=lambda owner: True)
     assert counts["failed"] == 1
     assert [r["event"] for r in await outbox_rows(jobs.db, lapsed["id"])] == ["job.failed"]
 

@@ -36,6 +36,7 @@ log = logging.getLogger("conveyor.executor")
 TASK_NAME = "conveyor.run_job"
 DEFAULT_QUEUE = "conveyor"
 HIGH_QUEUE = "conveyor.high"
+STOP_TIMEOUT_S = 3.0  # each step of stopping that talks to the broker gives up after this
 
 
 def queue_for(priority: int) -> str:
@@ -49,12 +50,19 @@ def celery_app(settings: Settings) -> Celery:
     app = Celery("conveyor", broker=url, backend=url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,  # acknowledged once the job's end is stored, so a worker dying mid-job loses nothing
-        task_reject_on_worker_lost=True,
+        # (`task_reject_on_worker_lost` is for pools of child processes; a killed worker's job is recovered by
+        # the sweeper, and its task, handed out again after the visibility timeout, then claims nothing.)
         task_ignore_result=True,  # the store holds every result; Celery's backend is not read
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.celery.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.celery.visibility_timeout_s,
+            # A broker that is away or hangs fails a send within seconds (kombu's Redis transport ignores
+            # `broker_connection_timeout`); the sweeper sends the job again.
+            "socket_timeout": 5.0,
+            "socket_connect_timeout": 2.0,
+            "socket_keepalive": True,
+        },
         broker_connection_retry_on_startup=True,
-        broker_connection_timeout=2.0,  # a send to a broker that is away fails soon; the sweeper sends it again
         task_default_queue=DEFAULT_QUEUE,
         task_serializer="json",
         accept_content=["json"],
@@ -65,45 +73,88 @@ def celery_app(settings: Settings) -> Celery:
 
 
 class CeleryDispatch:
-    """Sends job ids to the workers, from one thread of its own (kombu's producers block on the network).
+    """Sends job ids to the workers from a queue, in batches, on one thread of its own (kombu's producers block
+    on the network), so no submit ever waits for the broker.
 
-    After a failed send it sends nothing for `pause_s`: while the broker is away every send would wait for its
-    connection timeout, one after another on that thread, and submits would queue up behind them. The jobs
-    skipped meanwhile are pending in the store, and the sweeper sends them once the broker is back.
+    A batch that fails (the broker is away: its socket timeouts bound the wait) is dropped and sending pauses
+    for `pause_s`: those jobs are pending in the store, and the sweeper sends them again once the broker is
+    back. The queue is bounded; past `max_queued`, ids are dropped the same way.
     """
 
-    def __init__(self, app: Celery, *, pause_s: float = 1.0) -> None:
+    def __init__(self, app: Celery, *, pause_s: float = 1.0, max_queued: int = 100_000, batch: int = 500) -> None:
         self.app = app
         self.pause_s = pause_s
-        self._paused_until = 0.0
+        self.batch = batch
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(max_queued)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-send")
+        self._task: asyncio.Task[None] | None = None
 
-    async def send(self, job_id: str, priority: int = 0) -> bool:
-        """Sends one job id; False (logged) when the broker could not be reached: the job stays pending in the
-        store and the sweeper sends it again."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._paused_until:
-            return False
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="celery-send")
+
+    def send(self, job_id: str, priority: int = 0) -> bool:
+        """Queues one job id for sending; False (logged) when the queue is full (the sweeper sends it later)."""
         try:
-            await loop.run_in_executor(self._thread, self._send, job_id, queue_for(priority))
-        except Exception as exc:
-            self._paused_until = loop.time() + self.pause_s
-            log.warning("sending job %s to the workers failed (the sweeper sends it again): %s", job_id, exc)
+            self._queue.put_nowait((job_id, queue_for(priority)))
+        except asyncio.QueueFull:
+            log.warning("the send queue is full; job %s waits for the sweeper", job_id)
             return False
         return True
 
-    async def send_many(self, jobs: list[tuple[str, int]]) -> int:
-        """Sends several job ids (id, priority); how many reached the broker."""
-        sent = 0
-        for job_id, priority in jobs:
-            sent += await self.send(job_id, priority)
-        return sent
+    def send_many(self, jobs: list[tuple[str, int]]) -> int:
+        """Queues several job ids (id, priority); how many were queued."""
+        return sum(self.send(job_id, priority) for job_id, priority in jobs)
 
-    def _send(self, job_id: str, queue: str) -> None:
-        self.app.send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue, ignore_result=True, retry=False)
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await loop.run_in_executor(self._thread, self._send_batch, batch)
+            except Exception as exc:
+                log.warning("sending %d jobs to the workers failed (the sweeper sends them again): %s", len(batch), exc)
+                await asyncio.sleep(self.pause_s)
+
+    def _send_batch(self, batch: list[tuple[str, str]]) -> None:
+        with self.app.producer_or_acquire() as producer:  # one connection for the whole batch
+            for job_id, queue in batch:
+                self.app.send_task(
+                    TASK_NAME, args=[job_id], queue=queue, routing_key=queue, ignore_result=True, retry=False,
+                    producer=producer,
+                )  # fmt: skip
+
+    async def drain(self, timeout_s: float) -> None:
+        """Waits (bounded) until every queued id was handed to the sending thread."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while not self._queue.empty():
+                    await asyncio.sleep(0.01)
+
+    async def aclose(self) -> None:
+        """Sends what is queued (briefly), then stops; a send stuck on the network is left to its timeout."""
+        await self.drain(1.0)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        # Closing kombu's connections blocks (and may wait on a socket): off the loop, and bounded.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self.app.close), timeout=STOP_TIMEOUT_S)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (as `conveyor serve` runs on), asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class WorkerHost:
@@ -111,7 +162,7 @@ class WorkerHost:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None

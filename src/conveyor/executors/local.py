@@ -13,8 +13,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,36 +22,13 @@ from conveyor.jobs import queries as q
 from conveyor.jobs.service import ClaimedJob, JobService
 from conveyor.jobs.states import JobState
 from conveyor.jobs.values import dumps, encode
+from conveyor.leases import local_owners_pattern, new_owner, owner_is_dead
 from conveyor.recipes.graph import RecipeGraph
 
 log = logging.getLogger("conveyor.executor")
 
 GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
 FINISH_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
-
-
-def _host() -> str:
-    # lease_owner is VARCHAR(64): host (at most 40) + ":" + pid + ":" + 8 hex digits always fits
-    return socket.gethostname()[:40]
-
-
-def process_owner_prefix() -> str:
-    return f"{_host()}:"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Whether the process named in a lease owner on this host has exited (`host:pid:nonce`)."""
-    try:
-        pid = int(owner.split(":")[1])
-    except (IndexError, ValueError):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class LocalExecutor:
@@ -85,7 +60,7 @@ class LocalExecutor:
         self.max_resumes = max_resumes
         self.claims = claims
         self.on_requeued = on_requeued
-        self.owner = f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._lost: set[str] = set()
@@ -148,7 +123,7 @@ class LocalExecutor:
     async def recover(self) -> dict[str, int]:
         requeued: list[tuple[str, int]] = []
         counts = await self.jobs.recover(
-            host_prefix=process_owner_prefix(), is_dead=self._is_dead, max_resumes=self.max_resumes, requeued=requeued
+            local_owners=local_owners_pattern(), is_dead=self._is_dead, max_resumes=self.max_resumes, requeued=requeued
         )
         if requeued:
             self._wake.set()
@@ -185,6 +160,10 @@ class LocalExecutor:
     def running_count(self) -> int:
         return len(self._running)
 
+    def runs(self, job_id: str) -> bool:
+        """Whether this executor is running the job now."""
+        return job_id in self._running
+
     async def _claim_loop(self) -> None:
         while not self._stopping:
             free = self.concurrency - len(self._running)
@@ -218,13 +197,21 @@ class LocalExecutor:
         self._wake.set()
 
     async def _renew_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
         while not self._stopping:
             await asyncio.sleep(self.renew_interval_s)
             try:
                 # Only jobs running before the renewal read the store: one claimed meanwhile is ours but was
                 # not in that read, and must not be taken for lost.
                 ids = list(self._running)
-                held = await self.jobs.renew(self.owner, ids, self.lease_ms)
+                try:
+                    held = await self.jobs.renew(self.owner, ids, self.lease_ms)
+                except Exception:
+                    if loop.time() - renewed_at > self.lease_ms / 1000 - self.renew_interval_s:
+                        self._give_up_leases()
+                    raise
+                renewed_at = loop.time()
                 for job_id in ids:
                     task = self._running.get(job_id)
                     if task is None or job_id in self._finishing:
@@ -239,6 +226,15 @@ class LocalExecutor:
                 await self.recover()
             except Exception:
                 log.exception("renewing leases failed")
+
+    def _give_up_leases(self) -> None:
+        """The store has been out of reach for about a lease: our leases lapse (or have), and recovery elsewhere
+        may run these jobs again. Stop them now rather than run them twice at once; write nothing more."""
+        for job_id, task in list(self._running.items()):
+            if job_id not in self._finishing:
+                log.warning("job %s stopped: its lease could not be renewed", job_id)
+                self._lost.add(job_id)
+                task.cancel()
 
     def _emit_for(self, job_id: str) -> Callable[[str, str, dict[str, Any]], None]:
         buffer = self._events.setdefault(job_id, [])

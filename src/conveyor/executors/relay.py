@@ -25,6 +25,8 @@ log = logging.getLogger("conveyor.notices")
 
 CHANNEL = "conveyor:job-notices"
 MAX_QUEUED = 10_000  # notices waiting to be published; past it they are dropped (waiters poll)
+MAX_MESSAGE_BYTES = 64 * 1024  # anything bigger on the channel is not ours: ignored unparsed
+MAX_IDS = 1000
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 
 
@@ -34,13 +36,18 @@ class RedisNoticeRelay:
     def __init__(self, url: str, notices: JobNotices) -> None:
         self.notices = notices
         self.origin = secrets.token_hex(8)
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        # No read timeout (a subscription waits for ever), but keepalive and health checks find a half-open
+        # connection, so the subscriber reconnects.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=None, socket_keepalive=True, health_check_interval=15
+        )
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._tasks: list[asyncio.Task[None]] = []
         self.subscribed = asyncio.Event()  # set while the subscription is live (tests wait on it)
         # Called when another process wrote webhook deliveries (a server's dispatcher sends them at once).
         self.on_deliveries: Callable[[], None] | None = None
-        # Called with a job id another process was asked to cancel (a worker stops it if it runs it).
+        # Called with a job id another process was asked to cancel (a worker stops it if it runs it and the
+        # store holds the request).
         self.on_cancel: Callable[[str], object] | None = None
 
     async def start(self) -> None:
@@ -52,10 +59,17 @@ class RedisNoticeRelay:
 
     async def stop(self) -> None:
         self.notices.relay = None
+        # A stopping worker's last notices (its jobs' ends, deliveries written) go out first, briefly.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while not self._outbox.empty():
+                    await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(3.0):
+                await self._redis.aclose()
 
     def _enqueue(self, job_ids: list[str], ended: bool) -> None:
         message = orjson.dumps({"o": self.origin, "ids": job_ids, "ended": ended})
@@ -98,19 +112,27 @@ class RedisNoticeRelay:
                 await asyncio.sleep(delay)
 
     def _deliver(self, data: object) -> None:
-        if not isinstance(data, bytes):
+        """Acts on one message of the channel. Anyone who can reach the broker can publish on it, so nothing in
+        a message is trusted: it is bounded, checked, and at worst wakes a waiter that then reads the store (a
+        cancel request is acted on only when the store holds it too)."""
+        if not isinstance(data, bytes) or len(data) > MAX_MESSAGE_BYTES:
             return
         try:
             message = orjson.loads(data)
-            if message.get("o") == self.origin:
-                return  # our own, delivered here already
-            ids = [str(job_id) for job_id in message.get("ids", ())][:1000]
-            if ids:
-                self.notices.deliver(ids, ended=bool(message.get("ended")))
-            if message.get("hooks") and self.on_deliveries is not None:
+            if not isinstance(message, dict) or message.get("o") == self.origin:
+                return  # not ours, or our own (delivered here already)
+            ids = message.get("ids")
+            if isinstance(ids, list) and ids:
+                self.notices.deliver(
+                    [job_id[:64] for job_id in ids[:MAX_IDS] if isinstance(job_id, str)],
+                    ended=bool(message.get("ended")),
+                )
+            if message.get("hooks") is True and self.on_deliveries is not None:
                 self.on_deliveries()
             cancel = message.get("cancel")
             if isinstance(cancel, str) and self.on_cancel is not None:
-                self.on_cancel(cancel[:100])
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
+                self.on_cancel(cancel[:64])
+        except orjson.JSONDecodeError:
             log.warning("ignored a malformed job notice")
+        except Exception:
+            log.exception("acting on a job notice failed")

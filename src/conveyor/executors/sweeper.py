@@ -3,9 +3,10 @@
 Each sweep (every `celery.sweep_interval_s`, by whichever process holds a short lock in the broker):
   1. recovers jobs whose runner is gone — lease lapsed, or owner process on this host dead — failing them or,
      for `on_interrupt: resume` recipes, putting them back in the queue and sending them to the workers again;
-  2. sends again the pending jobs whose dispatch was lost: pending for `celery.redispatch_after_s` while every
-     queue of the broker is empty (a broker restarted without its data, a send that failed). A job sent twice
-     runs once: the worker's claim takes only a pending job.
+  2. sends again the pending jobs whose dispatch was lost: when more jobs have been pending for
+     `celery.redispatch_after_s` than the broker holds tasks (queued, or with a worker and unacknowledged) —
+     a broker restarted without its data, a send that failed. A job sent twice runs once: the worker's claim
+     takes only a pending job.
 """
 
 from __future__ import annotations
@@ -13,25 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from conveyor.executors.celery import DEFAULT_QUEUE, HIGH_QUEUE, CeleryDispatch
-from conveyor.executors.local import owner_is_dead, process_owner_prefix
+from conveyor.executors.celery import DEFAULT_QUEUE, HIGH_QUEUE, STOP_TIMEOUT_S, CeleryDispatch
 from conveyor.jobs.service import JobService
+from conveyor.leases import local_owners_pattern, new_owner, owner_is_dead
 from conveyor.settings import CelerySettings
 
 log = logging.getLogger("conveyor.executor")
 
 LOCK_KEY = "conveyor:sweeper"
 REDISPATCH_BATCH = 500
-# Queues whose emptiness means nothing is on its way to a worker (kombu's Redis transport keeps each queue in a
-# list of that name).
+# Where kombu's Redis transport keeps tasks: each queue in a list of its name (messages without a priority), and
+# those handed to a worker but not yet acknowledged in one hash.
 QUEUES = (DEFAULT_QUEUE, HIGH_QUEUE)
+UNACKED_KEY = "unacked"
 
 
 class Sweeper:
@@ -44,7 +43,7 @@ class Sweeper:
         self.dispatch = dispatch
         self.settings = settings
         self.max_resumes = max_resumes
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         self._redis = aioredis.Redis.from_url(
             settings.broker_url.get_secret_value(), socket_connect_timeout=2, socket_timeout=5
         )
@@ -58,10 +57,12 @@ class Sweeper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):  # hand the turn on now rather than when the lock lapses
-            if await self._redis.get(LOCK_KEY) == self.owner.encode():
-                await self._redis.delete(LOCK_KEY)
-        await self._redis.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # hand the turn on now, not when it lapses
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await self._redis.eval(_RELEASE_IF_OURS, 1, LOCK_KEY, self.owner)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await self._redis.aclose()
 
     async def _loop(self) -> None:
         while True:
@@ -78,9 +79,7 @@ class Sweeper:
         try:
             if await self._redis.set(LOCK_KEY, self.owner, nx=True, px=ttl_ms):
                 return True
-            if await self._redis.get(LOCK_KEY) == self.owner.encode():
-                await self._redis.pexpire(LOCK_KEY, ttl_ms)
-                return True
+            return bool(await self._redis.eval(_RENEW_IF_OURS, 1, LOCK_KEY, self.owner, ttl_ms))
         except (RedisError, OSError) as exc:
             log.warning("the sweeper cannot reach the broker: %s", exc)
         return False
@@ -90,27 +89,41 @@ class Sweeper:
         self.sweeps += 1
         requeued: list[tuple[str, int]] = []
         counts = await self.jobs.recover(
-            host_prefix=process_owner_prefix(),
+            local_owners=local_owners_pattern(),
             is_dead=owner_is_dead,
             max_resumes=self.max_resumes,
             requeued=requeued,
         )
         if counts["failed"] or counts["resumed"]:
             log.warning("recovered interrupted jobs: %s", counts)
-        resent = await self.dispatch.send_many(requeued)
+        resent = self.dispatch.send_many(requeued)
         redispatched = 0
-        if await self._queues_empty():
-            stale = await self.jobs.stale_pending(int(self.settings.redispatch_after_s * 1000), REDISPATCH_BATCH)
-            if stale:
-                redispatched = await self.dispatch.send_many([(row["id"], int(row["priority"])) for row in stale])
-                log.warning("sent again %d pending jobs whose dispatch was lost", redispatched)
+        older_than_ms = int(self.settings.redispatch_after_s * 1000)
+        stale = await self.jobs.count_stale_pending(older_than_ms)
+        if stale and stale > await self._messages_on_their_way():
+            rows = await self.jobs.stale_pending(older_than_ms, REDISPATCH_BATCH)
+            redispatched = self.dispatch.send_many([(row["id"], int(row["priority"])) for row in rows])
+            log.warning("sent again %d pending jobs whose dispatch was lost", redispatched)
         return counts | {"resent": resent, "redispatched": redispatched}
 
-    async def _queues_empty(self) -> bool:
+    async def _messages_on_their_way(self) -> int:
+        """Tasks the broker holds: queued, or handed to a worker and not yet acknowledged. Fewer of them than
+        long-pending jobs means some jobs' tasks were lost (a broker restart, a failed send); sending all those
+        jobs again is harmless, as a job's second task claims nothing. Unknown (the broker is away): a lot."""
         try:
-            for queue in QUEUES:
-                if await self._redis.llen(queue):
-                    return False
+            queued = [await self._redis.llen(queue) for queue in QUEUES]
+            unacked = await self._redis.hlen(UNACKED_KEY)
         except (RedisError, OSError):
-            return False  # the broker is away: sending again would fail anyway
-        return True
+            return 1 << 62  # sending again would fail anyway
+        return int(sum(queued)) + int(unacked)
+
+
+# Renews the lock only if this process still holds it: a GET then a PEXPIRE could extend another's.
+_RENEW_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""

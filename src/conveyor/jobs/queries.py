@@ -78,10 +78,11 @@ ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING
 
 def key_lock_op(dialect: str, key_id: str | None) -> list[Op]:
     """On PostgreSQL, a transaction lock on one API key, so two processes' submits for it count in turn (under
-    READ COMMITTED each would count without the other's new row); SQLite writes one transaction at a time."""
+    READ COMMITTED each would count without the other's new row); SQLite writes one transaction at a time.
+    Marked `lock_key`, so a group commit takes such locks first and in order (no deadlock between two)."""
     if dialect != "postgresql" or key_id is None:
         return []
-    return [Op("SELECT pg_advisory_xact_lock(hashtextextended(CAST($1 AS TEXT), 7))", (key_id,))]
+    return [Op("SELECT pg_advisory_xact_lock(hashtextextended(CAST($1 AS TEXT), 7))", (key_id,), lock_key=key_id)]
 
 
 # The same without the queue bound: used while the queue is known to be far from full (see JobService.submit).
@@ -197,6 +198,8 @@ RETURNING id, recipe_id, revision, user_id, inputs, timeout_s, on_interrupt, att
 STALE_PENDING_SQL = (
     "SELECT id, priority FROM jobs WHERE state = 'pending' AND updated_at < $1 ORDER BY created_at LIMIT $2"
 )
+COUNT_STALE_PENDING_SQL = "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND updated_at < $1"
+CANCEL_REQUESTED_SQL = "SELECT cancel_requested FROM jobs WHERE id = $1 AND state = 'running'"
 # Marks jobs as sent again now, so the next sweep waits as long again before sending them once more.
 TOUCH_PENDING_SQL = "UPDATE jobs SET updated_at = $2 WHERE id = $1 AND state = 'pending'"
 
@@ -266,7 +269,7 @@ REQUEST_CANCEL_SQL = "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHER
 
 LAPSED_SQL = """
 SELECT id, lease_owner, lease_expires_at, on_interrupt, attempts, webhook_count, priority FROM jobs
-WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2)
+WHERE state = 'running' AND (lease_expires_at < $1 OR lease_owner LIKE $2 ESCAPE '\\')
 ORDER BY lease_expires_at LIMIT 500
 """
 

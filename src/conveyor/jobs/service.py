@@ -150,6 +150,14 @@ class JobService:
         rows = await self.db.execute_returning(q.CLAIM_ONE_SQL, owner, q.now_ms(), lease_ms, job_id)
         return _claimed(rows[0]) if rows else None
 
+    async def count_stale_pending(self, older_than_ms: int) -> int:
+        """How many jobs have been pending and untouched for `older_than_ms`."""
+        return int(await self.db.fetch_val(q.COUNT_STALE_PENDING_SQL, q.now_ms() - older_than_ms))
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        """Whether the store holds a cancel request for the running job `job_id`."""
+        return bool(await self.db.fetch_val(q.CANCEL_REQUESTED_SQL, job_id))
+
     async def stale_pending(self, older_than_ms: int, limit: int) -> list[Row]:
         """Pending jobs unclaimed and untouched for `older_than_ms`, each marked as touched now."""
         now = q.now_ms()
@@ -249,7 +257,7 @@ class JobService:
     async def recover(
         self,
         *,
-        host_prefix: str,
+        local_owners: str,
         is_dead: Callable[[str], bool],
         max_resumes: int = 3,
         requeued: list[tuple[str, int]] | None = None,
@@ -262,14 +270,15 @@ class JobService:
         sweeper sends them to the workers again).
         """
         now = q.now_ms()
-        rows = await self.db.fetch_all(q.LAPSED_SQL, now, host_prefix + "%")
+        rows = await self.db.fetch_all(q.LAPSED_SQL, now, local_owners)
         counts = {"failed": 0, "resumed": 0}
         for row in rows:
             owner = row["lease_owner"] or ""
             lapsed = row["lease_expires_at"] is not None and row["lease_expires_at"] < now
             # A live runner renews every job it runs, so a lapsed lease is lost whoever holds it (even a
             # live pid: it may be a reused one); a dead runner on this host is found before its lease lapses.
-            if not lapsed and not (owner.startswith(host_prefix) and is_dead(owner)):
+            # The query matched `local_owners` (a LIKE pattern of this host's owners) or a lapsed lease.
+            if not lapsed and not is_dead(owner):
                 continue
             at = q.now_ms()
             if row["on_interrupt"] == "resume" and row["attempts"] <= max_resumes:

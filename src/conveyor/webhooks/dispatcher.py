@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import secrets
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,9 +21,9 @@ import httpx
 import orjson
 
 from conveyor.errors import OutboundBlockedError, OutboundFailedError
-from conveyor.executors.local import owner_is_dead
 from conveyor.jobs.queries import now_ms
 from conveyor.jobs.service import JobService
+from conveyor.leases import local_owners_pattern, new_owner, owner_is_dead
 from conveyor.net import GuardedClient
 from conveyor.settings import WebhooksSettings
 from conveyor.store.db import Database, Row
@@ -71,7 +68,7 @@ class Dispatcher:
         self.http = http
         self.dialects = dialects
         self.settings = settings
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         self.lease_ms = int((settings.attempt_timeout_s + LEASE_MARGIN_S) * 1000)
         self._claim_sql = outbox.claim_sql(db.dialect)
         self._wake = asyncio.Event()
@@ -104,8 +101,7 @@ class Dispatcher:
     async def recover(self) -> int:
         """Frees the deliveries leased by dead processes on this host (a crash mid-attempt), so they are sent
         again now rather than when their lease lapses; returns how many."""
-        prefix = f"{socket.gethostname()[:40]}:"
-        rows = await self.db.fetch_all(outbox.LEASE_OWNERS_SQL, prefix + "%")
+        rows = await self.db.fetch_all(outbox.LEASE_OWNERS_SQL, local_owners_pattern())
         freed = 0
         for row in rows:
             owner = row["lease_owner"]

@@ -41,7 +41,9 @@ RETURNING id, job_id, position, event, attempts
 """
 
 
-LEASE_OWNERS_SQL = "SELECT DISTINCT lease_owner FROM webhook_deliveries WHERE state = 'pending' AND lease_owner LIKE $1"
+LEASE_OWNERS_SQL = (
+    "SELECT DISTINCT lease_owner FROM webhook_deliveries WHERE state = 'pending' AND lease_owner LIKE $1 ESCAPE '\\'"
+)
 FREE_LEASES_SQL = """
 UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1 AND state = 'pending'
 """
