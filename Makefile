@@ -18,7 +18,7 @@ serve: $(STAMP)  ## migrate, seed the demo recipes and serve on CONVEYOR_HOST:CO
 
 test: $(STAMP) lint  ## the whole suite
 	@sh scripts/ensure-node.sh
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -101,7 +101,7 @@ async def open_runtime(
         )
         secret = load_signing_secret(settings.auth.jwt_secret.get_secret_value(), settings.data_dir)
         await db.connect()
-        stack.push_async_callback(db.close)
+        stack.push_async_callback(_timed, db.close)
         codec = TokenCodec(secret, issuer=settings.auth.issuer, audience=settings.auth.audience)
         auth = AuthService(db, codec, max_token_ttl_s=settings.auth.max_token_ttl_s)
         if not worker:
@@ -109,10 +109,10 @@ async def open_runtime(
                 settings.auth.admin_name, settings.auth.admin_password.get_secret_value(), settings.data_dir
             )
         http = GuardedClient(settings.net)
-        stack.push_async_callback(http.aclose)
+        stack.push_async_callback(_timed, http.aclose)
         blobs = open_blob_store(settings)
         if (close_blobs := getattr(blobs, "aclose", None)) is not None:
-            stack.push_async_callback(close_blobs)
+            stack.push_async_callback(_timed, close_blobs)
         files = FileService(db, blobs, http, settings.limits)
         registry = default_registry()
         recipes = RecipeService(db, registry, max_nodes=settings.limits.max_recipe_nodes)
@@ -131,7 +131,7 @@ async def open_runtime(
             runtime.dispatcher = Dispatcher(db, jobs, http, dialects, settings.webhooks)
             jobs.on_deliveries = runtime.dispatcher.notify
             await runtime.dispatcher.start()
-            stack.push_async_callback(runtime.dispatcher.stop)
+            stack.push_async_callback(_timed, runtime.dispatcher.stop)
         if (serving or worker) and distributed:
             await _start_distributed(runtime, stack, worker=worker)
         if worker or (serving and not distributed):
@@ -148,7 +148,7 @@ async def open_runtime(
                 on_requeued=_resend(runtime.celery) if worker else None,
             )
             await runtime.executor.start()
-            stack.push_async_callback(runtime.executor.stop)
+            stack.push_async_callback(_timed, runtime.executor.stop)
             if runtime.relay is not None:
                 runtime.relay.on_cancel = _cancel_when_requested(runtime.jobs, runtime.executor)
         yield runtime
@@ -163,18 +163,33 @@ async def _start_distributed(runtime: Runtime, stack: contextlib.AsyncExitStack,
     settings = runtime.settings
     runtime.celery = CeleryDispatch(celery_app(settings))
     await runtime.celery.start()
-    stack.push_async_callback(runtime.celery.aclose)
+    stack.push_async_callback(_timed, runtime.celery.aclose)
     relay = runtime.relay = RedisNoticeRelay(settings.celery.broker_url.get_secret_value(), runtime.jobs.notices)
     if runtime.dispatcher is not None:
         relay.on_deliveries = runtime.dispatcher.notify  # a worker wrote deliveries: send them now
     else:
         runtime.jobs.on_deliveries = relay.announce_deliveries
     await relay.start()
-    stack.push_async_callback(relay.stop)
+    stack.push_async_callback(_timed, relay.stop)
     if not worker:
         sweeper = Sweeper(runtime.jobs, runtime.celery, settings.celery, max_resumes=settings.executor.max_resumes)
         await sweeper.start()
-        stack.push_async_callback(sweeper.stop)
+        stack.push_async_callback(_timed, sweeper.stop)
+
+
+SLOW_STOP_S = 2.0
+
+
+async def _timed(stop: Callable[[], Awaitable[object]]) -> None:
+    """Runs one step of closing the runtime, and says so when it is slow (a stuck shutdown names its step)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await stop()
+    finally:
+        took = loop.time() - started
+        if took > SLOW_STOP_S:
+            log.warning("stopping %s took %.1f s", getattr(stop, "__qualname__", stop), took)
 
 
 def _cancel_when_requested(jobs: JobService, executor: LocalExecutor) -> Callable[[str], None]:

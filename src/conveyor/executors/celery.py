@@ -141,7 +141,7 @@ class CeleryDispatch:
         await self.drain(1.0)
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT_S)
         self._thread.shutdown(wait=False, cancel_futures=True)
         # Closing kombu's connections blocks (and may wait on a socket): off the loop, and bounded.
         with contextlib.suppress(TimeoutError):
@@ -177,15 +177,16 @@ class WorkerHost:
             raise RuntimeError(f"the worker's runtime did not start: {self._failure}") from self._failure
 
     def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._failure = exc
-            log.exception("the worker's runtime stopped")
-        finally:
-            self._ready.set()
-            self.loop.close()
+        # A Runner, like asyncio.run: when the runtime is closed, whatever task is left on the loop is cancelled
+        # and awaited, and the default executor shut down, before the loop closes (nothing leaks a connection).
+        with asyncio.Runner(loop_factory=lambda: self.loop) as runner:
+            try:
+                runner.run(self._serve())
+            except BaseException as exc:
+                self._failure = exc
+                log.exception("the worker's runtime stopped")
+            finally:
+                self._ready.set()
 
     async def _serve(self) -> None:
         from conveyor.runtime import open_runtime

@@ -43,6 +43,7 @@ class RedisNoticeRelay:
         )
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.subscribed = asyncio.Event()  # set while the subscription is live (tests wait on it)
         # Called when another process wrote webhook deliveries (a server's dispatcher sends them at once).
         self.on_deliveries: Callable[[], None] | None = None
@@ -64,9 +65,11 @@ class RedisNoticeRelay:
             async with asyncio.timeout(0.5):
                 while not self._outbox.empty():
                     await asyncio.sleep(0.01)
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a client library that turns a cancellation into a connection error must not hold us here.
+        await asyncio.wait(self._tasks, timeout=3.0)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(3.0):
                 await self._redis.aclose()
@@ -87,7 +90,7 @@ class RedisNoticeRelay:
             self._outbox.put_nowait(orjson.dumps({"o": self.origin, "ids": [], "cancel": job_id}))
 
     async def _publish_loop(self) -> None:
-        while True:
+        while not self._stopping:
             message = await self._outbox.get()
             try:
                 await self._redis.publish(CHANNEL, message)
@@ -96,7 +99,7 @@ class RedisNoticeRelay:
 
     async def _subscribe_loop(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
@@ -106,6 +109,8 @@ class RedisNoticeRelay:
                         self._deliver(message.get("data"))
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
+                if self._stopping:
+                    return
                 delay = RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)]
                 failures += 1
                 log.debug("job notices unsubscribed (%s); again in %.1f s", exc, delay)

@@ -56,7 +56,7 @@ class Sweeper:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # hand the turn on now, not when it lapses
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 await self._redis.eval(_RELEASE_IF_OURS, 1, LOCK_KEY, self.owner)
