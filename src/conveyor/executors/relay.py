@@ -73,6 +73,9 @@ class RedisNoticeRelay:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(3.0):
                 await self._redis.aclose()
+        # redis-py closes a pub/sub connection without waiting for its transport (`nowait`, against a deadlock
+        # with a reader): let the loop finish that, so a loop closed right after us leaves no socket open.
+        await asyncio.sleep(0.05)
 
     def _enqueue(self, job_ids: list[str], ended: bool) -> None:
         message = orjson.dumps({"o": self.origin, "ids": job_ids, "ended": ended})

@@ -48,12 +48,16 @@ class Sweeper:
             settings.broker_url.get_secret_value(), socket_connect_timeout=2, socket_timeout=5
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.sweeps = 0  # sweeps this process made (holding the lock)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sweeper")
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a client library that turns a cancellation into a connection error
+        # (caught below, as any failed sweep is) must not keep the loop going on a closed client.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=STOP_TIMEOUT_S)
@@ -65,7 +69,7 @@ class Sweeper:
                 await self._redis.aclose()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if await self._take_turn():
                     await self.sweep()
