@@ -223,6 +223,7 @@ def main() -> None:
             lambda: webhooks.run(duration_s=args.duration, rounds=max(1, min(args.rounds, 3)), tool=args.tool),
         ),
         ("sync invoke", lambda: sync_invoke.run(duration_s=args.duration, tool=args.tool)),
+        ("distributed", lambda: distributed.run()),
     ]
     results = []
     renderers = [

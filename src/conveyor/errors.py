@@ -128,3 +128,14 @@ class ForbiddenError(ConveyorError):
 
     status = 403
     code = "forbidden"
+
+
+class ModelError(ConveyorError):
+    """A language model gave no usable answer; seen as a block error or 502.
+
+    For instance an error status, retries spent, output still invalid after its repairs, or an answer over the
+    size limit. `details` says which (`status`, `attempts`) where it helps.
+    """
+
+    status = 502
+    code = "model_error"

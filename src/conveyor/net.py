@@ -19,9 +19,11 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -524,3 +526,18 @@ class GuardedClient:
             raise
         _log.debug("outbound %s %s://%s:%s -> %d", method, url.scheme, url.host, url.port or "", response.status_code)
         return response
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """A `Retry-After` header in seconds (delta seconds or an HTTP date), or None."""
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -7,10 +7,17 @@ Build it once (the CLI or `create_app`) and pass it down; nothing reads the envi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def split_commas(value: object) -> object:
+    """A comma-separated environment value as a list (list settings read from `CONVEYOR_…` variables)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class DatabaseSettings(BaseModel):
@@ -150,12 +157,7 @@ class NetSettings(BaseModel):
     max_redirects: int = Field(default=5, ge=0, le=20, description="Redirects followed, each one checked.")
     max_response_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, description="Largest response body read.")
 
-    @field_validator("allow_cidrs", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split = field_validator("allow_cidrs", mode="before")(split_commas)
 
 
 class WebhooksSettings(BaseModel):
@@ -185,12 +187,7 @@ class WebhooksSettings(BaseModel):
         default=36_000, ge=0, description="Longest `Retry-After` a receiver can ask for; longer ones are cut to this."
     )
 
-    @field_validator("retry_delays", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split = field_validator("retry_delays", mode="before")(split_commas)
 
     @field_validator("retry_delays")
     @classmethod
@@ -295,10 +292,72 @@ class CelerySettings(BaseModel):
         "(a broker restart or a failed send lost theirs).",
     )
 
-    @field_validator("queues", mode="before")
+    _split = field_validator("queues", mode="before")(split_commas)
+
+
+class LlmSettings(BaseModel):
+    """Language models: which provider answers, where it is, its limits and the price of its tokens."""
+
+    provider: Literal["local", "openai"] = Field(
+        default="local",
+        description="`local`: the bundled small model. `openai`: any OpenAI-compatible chat completions server "
+        "(OpenAI, vLLM, Ollama, llama.cpp's server) at `base_url`.",
+    )
+    base_url: str = Field(
+        default="",
+        max_length=2048,
+        description="The OpenAI-compatible API's base URL, up to and including `/v1` (e.g. "
+        "`https://api.openai.com/v1`, `http://127.0.0.1:8000/v1`). Requests go through the guarded client: a "
+        "server on a private or loopback address also needs its range in `CONVEYOR_NET__ALLOW_CIDRS`.",
+    )
+    api_key: SecretStr = Field(
+        default=SecretStr(""),
+        max_length=4096,
+        description="Sent as `Authorization: Bearer <key>`; empty sends none (local servers). Never logged.",
+    )
+    model: str = Field(default="", max_length=256, description="The model asked for when a request names none.")
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="Per-attempt deadline: connection, generation and the whole answer."
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries after a 429, 500, 502, 503 or 504 answer or a failed connection, with exponential "
+        "backoff and jitter, waiting at least what `Retry-After` asks (up to 60 s).",
+    )
+    max_repairs: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="For structured output: times an answer that is not valid JSON or does not match the schema is "
+        "sent back with the problem, asking for a corrected one.",
+    )
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="USD per million prompt and completion tokens, by model name, as JSON (e.g. "
+        '`{"gpt-4o-mini": [0.15, 0.6]}`). A model not listed costs 0.',
+    )
+
+    @field_validator("base_url")
     @classmethod
-    def _split(cls, value: Any) -> Any:
-        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+    def _base_url_is_http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("the language model's base URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("prices")
+    @classmethod
+    def _prices_not_negative(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        if any(price < 0 for pair in value.values() for price in pair):
+            raise ValueError("token prices must not be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _openai_is_complete(self) -> LlmSettings:
+        if self.provider == "openai" and not (self.base_url and self.model):
+            raise ValueError("the openai provider needs CONVEYOR_LLM__BASE_URL and CONVEYOR_LLM__MODEL")
+        return self
 
 
 class Settings(BaseSettings):
@@ -328,6 +387,7 @@ class Settings(BaseSettings):
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     gptbots: GptbotsSettings = Field(default_factory=GptbotsSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @property
     def database_url(self) -> str:

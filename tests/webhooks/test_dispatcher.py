@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tests.conftest import LiveServer
 from tests.receiver import Receiver, Reply
 
-from conveyor.webhooks.dispatcher import retry_after_s
+from conveyor.net import retry_after_s
 
 FAST = {"retry_delays": [0, 0.1, 0.1, 0.1], "poll_interval_s": 0.1}
 

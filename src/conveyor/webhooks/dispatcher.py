@@ -13,9 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import httpx
 import orjson
@@ -24,7 +22,7 @@ from conveyor.errors import OutboundBlockedError, OutboundFailedError
 from conveyor.jobs.queries import now_ms
 from conveyor.jobs.service import JobService
 from conveyor.leases import local_owners_pattern, new_owner, owner_is_dead
-from conveyor.net import GuardedClient
+from conveyor.net import GuardedClient, retry_after_s
 from conveyor.settings import WebhooksSettings
 from conveyor.store.db import Database, Row
 from conveyor.webhooks import outbox
@@ -233,18 +231,3 @@ class Dispatcher:
             return Outcome(status, None)
         error = "redirects are not followed" if 300 <= status < 400 else f"the receiver answered {status}"
         return Outcome(status, error, retry_after)
-
-
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """A `Retry-After` header in seconds (delta seconds or an HTTP date), or None."""
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
