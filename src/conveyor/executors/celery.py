@@ -105,10 +105,6 @@ class CeleryDispatch:
         """Queues several job ids (id, priority); how many were queued."""
         return sum(self.send(job_id, priority) for job_id, priority in jobs)
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -156,10 +156,6 @@ class LocalExecutor:
             return True  # our pid, another nonce: an earlier process of ours that got the same pid
         return owner_is_dead(owner)
 
-    @property
-    def running_count(self) -> int:
-        return len(self._running)
-
     def runs(self, job_id: str) -> bool:
         """Whether this executor is running the job now."""
         return job_id in self._running

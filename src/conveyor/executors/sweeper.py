@@ -49,7 +49,6 @@ class Sweeper:
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.sweeps = 0  # sweeps this process made (holding the lock)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sweeper")
@@ -90,7 +89,6 @@ class Sweeper:
 
     async def sweep(self) -> dict[str, int]:
         """One sweep (see the module docstring); what it did."""
-        self.sweeps += 1
         requeued: list[tuple[str, int]] = []
         counts = await self.jobs.recover(
             local_owners=local_owners_pattern(),
