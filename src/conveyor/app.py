@@ -11,7 +11,21 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor import __version__
-from conveyor.api import auth, fid, files, gptbots, health, jobs, keys, omnitool, recipes, webhooks
+from conveyor.api import (
+    auth,
+    fid,
+    files,
+    gptbots,
+    health,
+    jobs,
+    keys,
+    models,
+    omni,
+    omni_webhooks,
+    omnitool,
+    recipes,
+    webhooks,
+)
 from conveyor.api.errors import dialect_error_body, install_error_handlers
 from conveyor.recipes.seed import seed_demo_recipes
 from conveyor.runtime import open_runtime
@@ -81,7 +95,7 @@ async def _too_large(send: Send, limit: int, path: str) -> None:
     import orjson
 
     message = f"request body is over {limit} bytes"
-    body = orjson.dumps(dialect_error_body(path, "payload_too_large", message))
+    body = orjson.dumps(dialect_error_body(path, "payload_too_large", message, status=413))
     await send(
         {
             "type": "http.response.start",
@@ -100,10 +114,16 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         dialects = default_dialects()
         dialects.register(gptbots.DIALECT, gptbots.webhook_payload)
+        omni_box = omni_webhooks.register_dialect(dialects, settings)
         async with open_runtime(settings, run_executor=run_executor, dialects=dialects) as rt:
             app.state.runtime = rt
+            omni_relay = await omni.start(app, rt, omni_box)
+            app.state.models = rt.analytics  # one model cache per process, shared with the blocks
             if settings.seed_demo:
+                from conveyor.analytics.seed import seed_demo_model  # builds the demo DuckDB file: import when used
+
                 await seed_demo_recipes(rt.recipes)
+                await seed_demo_model(rt.db, settings.data_dir)
             # Everything alive now lives as long as the process: keep it out of the collector's full passes,
             # which otherwise walk the whole ~90 MB heap about once a second under load (60-100 ms each).
             gc.collect()
@@ -112,6 +132,8 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
                 yield {}
             finally:
                 gc.unfreeze()
+                if omni_relay is not None:
+                    await omni_relay.stop()
 
     # FastAPI's native OpenTelemetry asks the global providers on every request even when none is set up.
     telemetry = settings.telemetry
@@ -129,6 +151,7 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
     for router in (
         jobs.router,
         gptbots.router,
+        omni.router,
         omnitool.router,
         health.router,
         recipes.router,
@@ -137,6 +160,7 @@ def create_app(settings: Settings | None = None, *, run_executor: bool = True) -
         keys.router,
         fid.router,
         webhooks.router,
+        models.router,
     ):
         app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit, max_body=settings.limits.max_body_bytes, max_upload=settings.limits.max_upload_bytes)

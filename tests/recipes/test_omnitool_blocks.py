@@ -261,3 +261,114 @@ def test_ports_without_a_counterpart_are_problems(
     nodes: dict[int, tuple[str, dict[str, Any]]], links: list[Link], expected: list[tuple[str, str]]
 ) -> None:
     assert problems(omni(nodes, links)) == expected
+
+
+# ---------------------------------------------------------------------------------------------- language models
+
+CHAT = "{{ instruction | default('') }}", "{{ prompt | default('') }}"
+
+
+@pytest.mark.parametrize(
+    ("block", "data", "out", "config"),
+    [
+        (
+            "openai.simpleChatGPT",
+            {"instruction": "Be brief.", "model": "gpt-4", "prompt": "", "temperature": 0.5},
+            "text",
+            {"model": "gpt-4", "temperature": 0.5},
+        ),
+        (  # Omnitool's "inf" is no limit; a number is ours
+            "openai.simpleChatGPT",
+            {"instruction": "x", "model": "gpt-3.5-turbo-16k", "max_tokens": "inf", "temperature": 1.1},
+            "text",
+            {"model": "gpt-3.5-turbo-16k", "temperature": 1.1},
+        ),
+        (
+            "openai.advancedChatGPT",
+            {"instruction": "x", "model": "gpt-4", "temperature": 0.3, "top_p": 1, "max_tokens": 300, "function": None},
+            "answer_text",
+            {"model": "gpt-4", "temperature": 0.3, "max_tokens": 300},
+        ),
+        (
+            "openai.advancedChatGPT",
+            {"instruction": "x", "model": "gpt-3.5-turbo-1106", "json_mode": True, "seed": 3},
+            "answer_text",
+            {"model": "gpt-3.5-turbo-1106", "json_schema": {"type": "object"}},
+        ),
+        ("omnitool.large_language_model", {"Instruction": "x", "Criteria": "creative"}, "Reply", {"temperature": 0.9}),
+        ("omnitool.large_language_model", {"Instruction": "x", "Criteria": "fast"}, "Reply", {}),
+    ],
+)
+def test_chat_blocks_become_llm_chat(block: str, data: dict[str, Any], out: str, config: dict[str, Any]) -> None:
+    into = "Prompt" if block == "omnitool.large_language_model" else "prompt"
+    imported = read_omnitool(through(block, data, into=into, out=out), default_registry())
+    node = imported.doc["nodes"]["2"]
+    assert node["block"] == "llm_chat"
+    assert node["config"] == {"system": CHAT[0], "prompt": CHAT[1], **config}
+    assert node["inputs"] == {
+        "prompt": "1.text",
+        "instruction": "2-" + ("Instruction" if into == "Prompt" else "instruction") + ".text",
+    }
+    assert imported.doc["nodes"]["3"]["inputs"] == {"text": "2.text"}
+    assert imported.warnings == []
+
+
+async def test_advanced_chat_gpt_answers_on_the_scripted_model_in_json_mode() -> None:
+    from tests.llm.scripted_openai import ScriptedOpenAI, completion
+
+    from conveyor.llm import LanguageModels
+    from conveyor.net import GuardedClient
+    from conveyor.settings import LlmSettings, NetSettings
+
+    nodes = {
+        1: ("omnitool.chat_input", {}),
+        2: ("openai.advancedChatGPT", {"instruction": "Reply in JSON.", "json_mode": True, "prompt": ""}),
+        3: ("omnitool.recipe_output", {}),
+    }
+    doc = omni(nodes, [(1, "text", 2, "prompt"), (2, "answer_text", 3, "text"), (2, "answer_json", 3, "objects")])
+    registry = default_registry()
+    imported = read_omnitool(doc, registry)
+    async with ScriptedOpenAI() as scripted, GuardedClient(NetSettings(allow_cidrs=["127.0.0.0/8"])) as http:
+        scripted.script(completion('{"koan": "one hand"}'))
+        llm = LanguageModels(LlmSettings(provider="openai", base_url=scripted.base_url, model="m"), http)
+        engine = Engine(files=None, http=http, limits=LimitsSettings(block_timeout_s=5), llm=llm)  # type: ignore[arg-type]
+        outputs = await engine.run(compile_recipe(imported.doc, registry), {"text": "A koan."}, job_id="adv")
+        [body] = scripted.bodies()
+    assert outputs == {"text": '{"koan": "one hand"}', "objects": {"koan": "one hand"}}
+    assert body["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    assert body["messages"][0] == {"role": "system", "content": "Reply in JSON."}
+
+
+@pytest.mark.parametrize(
+    ("data", "links", "expected"),
+    [
+        ({"instruction": "", "prompt": ""}, [(2, "text", 3, "text")], [("2", "missing_input")]),
+        (
+            {"instruction": "x", "temperature": 7},
+            [(1, "text", 2, "prompt"), (2, "text", 3, "text")],
+            [("2", "unsupported_data")],
+        ),
+        ({"instruction": "x"}, [(1, "text", 2, "model"), (2, "text", 3, "text")], [("2", "unsupported_port")]),
+        ({"instruction": "x"}, [(1, "text", 2, "prompt"), (2, "_omni_status", 3, "text")], [("2", "unsupported_port")]),
+    ],
+)
+def test_simple_chat_gpt_problems(data: dict[str, Any], links: list[Link], expected: list[tuple[str, str]]) -> None:
+    nodes = {1: ("omnitool.chat_input", {}), 2: ("openai.simpleChatGPT", data), 3: ("omnitool.recipe_output", {})}
+    assert problems(omni(nodes, links)) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "out"),
+    [({"instruction": "x", "functions": '[{"name": "f"}]'}, "answer_text"), ({"instruction": "x"}, "function_name")],
+)
+def test_advanced_chat_gpt_function_calls_are_problems(data: dict[str, Any], out: str) -> None:
+    doc = through("openai.advancedChatGPT", data, into="prompt", out=out)
+    assert problems(doc) == [("2", "unsupported_data" if out == "answer_text" else "unsupported_port")]
+
+
+def test_a_top_p_other_than_one_is_a_warning() -> None:
+    imported = read_omnitool(
+        through("openai.advancedChatGPT", {"instruction": "x", "top_p": 0.5}, "prompt", "answer_text"),
+        default_registry(),
+    )
+    assert [(w["node"], w["code"]) for w in imported.warnings] == [("2", "approximated")]

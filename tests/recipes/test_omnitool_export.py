@@ -214,3 +214,154 @@ def test_text_replace_is_written_back_when_omnitool_can_say_it(config: dict[str,
     back = import_omnitool(exported, default_registry())
     [again] = [n for n in back["nodes"].values() if n["block"] == "text_replace"]
     assert again["config"] == config
+
+
+# ---------------------------------------------------------------------------------------------- language models
+
+ASK_TEXT = {"start": {"block": "chat_input", "config": {"fields": {"text": {"type": "text"}}}}}
+
+
+def chat_recipe(config: dict[str, Any], inputs: dict[str, str] | None = None, json_out: bool = False) -> dict[str, Any]:
+    """chat_input.text → an llm_chat node `ask` (prompt `{{ prompt }}` unless set) → recipe_output."""
+    outputs = {"text": "ask.text"} | ({"objects": "ask.json"} if json_out else {})
+    return {
+        "name": "Ask",
+        "nodes": ASK_TEXT
+        | {
+            "ask": {"block": "llm_chat", "config": config, "inputs": inputs or {"prompt": "start.text"}},
+            "out": {"block": "recipe_output", "inputs": outputs},
+        },
+    }
+
+
+def chat_node(exported: dict[str, Any]) -> dict[str, Any]:
+    [node] = [
+        n for n in exported["rete"]["nodes"].values() if n["name"] != "omnitool.chat_input" and "Chat" in n["name"]
+    ]
+    return node
+
+
+def test_llm_chat_without_json_is_written_as_simple_chat_gpt_and_imports_back() -> None:
+    native = chat_recipe({"system": "Answer briefly.", "model": "gpt-4o", "temperature": 0.4})
+    exported = export_omnitool(native)
+    node = chat_node(exported)
+    assert node["name"] == "openai.simpleChatGPT"
+    assert node["data"] == {"instruction": "Answer briefly.", "prompt": "", "model": "gpt-4o", "temperature": 0.4}
+    assert set(node["inputs"]) == {"instruction", "prompt", "model", "temperature"} and set(node["outputs"]) == {"text"}
+    start = next(n["id"] for n in exported["rete"]["nodes"].values() if n["name"] == "omnitool.chat_input")
+    assert node["inputs"]["prompt"]["connections"] == [{"node": start, "output": "text", "data": {}}]
+    back = import_omnitool(exported, default_registry())
+    [ask] = [spec for spec in back["nodes"].values() if spec["block"] == "llm_chat"]
+    assert ask["config"] == {
+        "system": "{{ instruction | default('') }}",
+        "prompt": "{{ prompt | default('') }}",
+        "model": "gpt-4o",
+        "temperature": 0.4,
+    }
+    helper = back["nodes"][ask["inputs"]["instruction"].split(".")[0]]
+    assert helper["config"] == {"text": "Answer briefly."}
+    assert export_omnitool(back)["rete"] == exported["rete"]  # unchanged since the import: written as read
+
+
+def test_json_mode_and_a_token_limit_need_advanced_chat_gpt() -> None:
+    native = chat_recipe(
+        {"prompt": "{{ question }}", "json_schema": {"type": "object"}}, {"question": "start.text"}, True
+    )
+    node = chat_node(export_omnitool(native))
+    assert node["name"] == "openai.advancedChatGPT"
+    assert node["data"] == {"instruction": "", "prompt": "", "json_mode": True}
+    assert node["inputs"]["prompt"]["connections"][0]["output"] == "text"
+    assert {port for port, entry in node["outputs"].items() if entry["connections"]} == {"answer_text", "answer_json"}
+    back = import_omnitool(export_omnitool(native), default_registry())
+    [ask] = [spec for spec in back["nodes"].values() if spec["block"] == "llm_chat"]
+    assert ask["config"]["json_schema"] == {"type": "object"}
+    assert ask["inputs"] == {"prompt": "1.text"}  # no instruction: no system message
+    limited = chat_node(export_omnitool(chat_recipe({"system": "x", "max_tokens": 64})))
+    assert limited["name"] == "openai.advancedChatGPT" and limited["data"]["max_tokens"] == 64
+    assert limited["data"]["json_mode"] is False
+
+
+@pytest.mark.parametrize(
+    ("config", "inputs", "says"),
+    [
+        ({"provider": "local"}, None, "local provider"),
+        ({"json_schema": {"type": "object", "required": ["a"]}}, None, "JSON schema"),
+        ({"prompt": "Q: {{ prompt }}"}, None, "neither plain text nor one variable"),
+        ({"system": "{{ prompt }}"}, None, "both the system message and the prompt"),
+    ],
+)
+def test_llm_chat_config_without_an_omnitool_form_is_an_export_problem(
+    config: dict[str, Any], inputs: dict[str, str] | None, says: str
+) -> None:
+    with pytest.raises(OmnitoolExportError) as info:
+        export_omnitool(chat_recipe(config, inputs))
+    [problem] = info.value.details
+    assert (problem["node"], problem["name"], problem["code"]) == ("ask", "llm_chat", "no_omnitool_form")
+    assert says in problem["message"]
+
+
+def test_the_openai_provider_is_written_as_omnitools_openai_block() -> None:
+    node = chat_node(export_omnitool(chat_recipe({"provider": "openai", "system": "{{ prompt }}", "prompt": ""})))
+    assert node["name"] == "openai.simpleChatGPT" and node["data"] == {"instruction": "", "prompt": ""}
+    assert [c["output"] for c in node["inputs"]["instruction"]["connections"]] == ["text"]
+
+
+def test_changed_imported_chat_nodes_keep_their_block_while_it_fits() -> None:
+    doc = imported("llm")
+    doc["nodes"]["7"]["config"]["model"] = "gpt-4o"
+    del doc["nodes"]["7"]["config"]["temperature"]  # a value the import kept in data is gone too
+    doc["nodes"]["8"]["config"]["temperature"] = 0.9
+    doc["nodes"]["8-Instruction"]["config"]["text"] = "Summarise in one line."
+    nodes = export_omnitool(doc)["rete"]["nodes"]
+    assert nodes["7"]["name"] == "openai.simpleChatGPT"
+    assert nodes["7"]["data"] == {
+        "instruction": "Answer briefly.",
+        "model": "gpt-4o",
+        "prompt": "",
+        "xOmniEnabled": True,
+    }
+    assert nodes["8"]["name"] == "omnitool.large_language_model"
+    assert nodes["8"]["data"] == {
+        "Criteria": "creative",
+        "Instruction": "Summarise in one line.",
+        "Prompt": "",
+        "xOmniEnabled": True,
+    }
+    assert nodes["8"]["inputs"]["Prompt"]["connections"] == [{"node": 7, "output": "text", "data": {}}]
+    assert nodes["100"]["inputs"]["text"]["connections"] == [{"node": 8, "output": "Reply", "data": {}}]
+    doc["nodes"]["8"]["config"]["model"] = "gpt-4o"  # large_language_model has no model: an OpenAI block now
+    node = export_omnitool(doc)["rete"]["nodes"]["8"]
+    assert node["name"] == "openai.simpleChatGPT" and node["data"]["instruction"] == "Summarise in one line."
+    assert "Instruction" not in node["data"] and node["data"]["temperature"] == 0.9
+
+
+async def test_an_exported_llm_chat_asks_the_model_as_the_native_node_did() -> None:
+    """Native → Omnitool → native: the same request reaches the (scripted) model, and the same outputs come out."""
+    from tests.llm.scripted_openai import ScriptedOpenAI, completion
+
+    from conveyor.llm import LanguageModels
+    from conveyor.net import GuardedClient
+    from conveyor.settings import LlmSettings, NetSettings
+
+    native = chat_recipe(
+        {"system": "Reply in JSON.", "prompt": "{{ q }}", "model": "gpt-4o", "temperature": 0.3, "max_tokens": 80}
+        | {"json_schema": {"type": "object"}},
+        {"q": "start.text"},
+        json_out=True,
+    )
+    back = import_omnitool(export_omnitool(native), default_registry())
+    registry = default_registry()
+    async with ScriptedOpenAI() as scripted, GuardedClient(NetSettings(allow_cidrs=["127.0.0.0/8"])) as http:
+        scripted.script(completion('{"a": 1}'), completion('{"a": 1}'))
+        llm = LanguageModels(LlmSettings(provider="openai", base_url=scripted.base_url, model="m"), http)
+        engine = Engine(files=None, http=http, limits=LimitsSettings(block_timeout_s=5), llm=llm)  # type: ignore[arg-type]
+        first = await engine.run(compile_recipe(native, registry), {"text": "One?"}, job_id="native")
+        second = await engine.run(compile_recipe(back, registry), {"text": "One?"}, job_id="back")
+        native_body, back_body = scripted.bodies()
+    assert first == second == {"text": '{"a": 1}', "objects": {"a": 1}}
+    assert native_body == back_body
+    assert native_body["messages"] == [
+        {"role": "system", "content": "Reply in JSON."},
+        {"role": "user", "content": "One?"},
+    ]
+    assert (native_body["model"], native_body["temperature"], native_body["max_tokens"]) == ("gpt-4o", 0.3, 80)

@@ -1,7 +1,8 @@
 """The native error shape, `{"error": {"code", "message", "details"}}`, built in one place for every route.
 
 Dialects that prescribe another shape get theirs here and only here: Omnitool's `{"error": "<message>"}` on its
-paths, GPTBots' `{"code", "message"}` on `/v1/workflow/*`.
+paths, GPTBots' `{"code", "message"}` on `/v1/workflow/*`, Omni's `{"detail", "status"}` on `/api/v1/models*` and
+`/api/v1/ai/*` (where, as Omni does, a request that fails validation is a 400).
 """
 
 from __future__ import annotations
@@ -73,8 +74,24 @@ def gptbots_error_body(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
-def dialect_error_body(path: str, code: str, message: str, details: Any = None) -> dict[str, Any]:
+OMNI_PATHS = ("/api/v1/models", "/api/v1/ai")
+
+
+def is_omni_path(path: str) -> bool:
+    """Whether a path is one of Omni's routes (`/api/v1/models*`, `/api/v1/ai/*`), whose errors are
+    `{"detail", "status"}`."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OMNI_PATHS)
+
+
+def omni_error_body(status: int, message: str) -> dict[str, Any]:
+    """The Omni dialect's error body (Omni's `ApiError4xx`): `{"detail": "<message>", "status": <HTTP status>}`."""
+    return {"detail": message, "status": status}
+
+
+def dialect_error_body(path: str, code: str, message: str, details: Any = None, *, status: int) -> dict[str, Any]:
     """An error body in the shape the dialect of `path` prescribes (the native one outside the dialects' paths)."""
+    if is_omni_path(path):
+        return omni_error_body(status, message)
     if is_omnitool_path(path):
         return omnitool_error_body(message)
     if is_gptbots_path(path):
@@ -85,8 +102,8 @@ def dialect_error_body(path: str, code: str, message: str, details: Any = None) 
 def _respond(
     request: Request, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """An error in the shape the route's dialect prescribes: Omnitool's or GPTBots' on theirs, the native elsewhere."""
-    body = dialect_error_body(request.scope["path"], code, message, details)
+    """An error in the shape the route's dialect prescribes (Omnitool's, GPTBots', Omni's), the native elsewhere."""
+    body = dialect_error_body(request.scope["path"], code, message, details, status=status)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -106,6 +123,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"loc": [str(part) for part in err.get("loc", ())], "message": err.get("msg", "")} for err in exc.errors()
     ]
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['message']}" for d in details[:5])
+    if is_omni_path(request.scope["path"]):  # Omni answers a bad body or parameter with 400
+        return _respond(request, 400, "bad_request", f"Bad Request: {summary}", details)
     return _respond(request, 422, "validation_error", f"request is invalid: {summary}", details)
 
 

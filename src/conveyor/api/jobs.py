@@ -22,7 +22,7 @@ from conveyor.jobs.notices import wait_for_notice
 from conveyor.jobs.service import is_terminal
 from conveyor.recipes.graph import RecipeGraph
 from conveyor.runtime import Runtime
-from conveyor.store.db import Row
+from conveyor.store.db import Op, Row
 from conveyor.webhooks.validation import check_webhooks
 
 router = APIRouter(tags=["jobs"])
@@ -156,11 +156,14 @@ async def submit_for(
     priority: int = 0,
     idempotency_key: str | None = None,
     webhooks: Sequence[tuple[str, str, str, str]] = (),
+    job_id: str | None = None,
+    extra_ops: Sequence[Op] = (),
 ) -> tuple[Row, bool]:
     """Submits a job of a recipe the caller sees and may run, as the caller; every dialect's submit ends here.
 
     `recipe_ref` is a recipe's id or name, or the recipe and graph a dialect already resolved (as the caller,
-    at `revision`). `webhooks` are `(url, method, headers JSON, dialect)`, checked by the caller.
+    at `revision`). `webhooks` are `(url, method, headers JSON, dialect)`, checked by the caller. `job_id` and
+    `extra_ops`: rows the caller stores with the job, in its transaction (see `JobService.submit`).
     """
     if isinstance(recipe_ref, str):
         recipe, graph = await rt.recipes.resolve(recipe_ref, revision, viewer=me.user_id)
@@ -182,6 +185,8 @@ async def submit_for(
         if me.api_key_id is None
         else rt.auth.keys.concurrency_cap(me.api_key_id, rt.settings.keys.max_concurrent_jobs),
         webhooks=webhooks,
+        job_id=job_id,
+        extra_ops=extra_ops,
     )
     if created:
         await rt.job_queued(job["id"], priority)

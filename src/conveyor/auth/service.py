@@ -219,7 +219,8 @@ class AuthService:
 
     async def authenticate(self, authorization: str | None, acting_user: str | None = None) -> Principal:
         """The caller named by an `Authorization: Bearer <jwt or API key>` header (or a bare `<API key>`, as
-        GPTBots' older docs show); 401 for anything else. `acting_user` (`?userId=`) is whom an org key acts for."""
+        GPTBots' older docs show); 401 for anything else. `acting_user` (`?userId=`) is whom an org key acts for;
+        any other credential may name only its own user (by id or name: Omni's clients send it), else 403."""
         if not authorization:
             raise UnauthorizedError("missing Authorization header (Bearer token)")
         scheme, _, credentials = authorization.partition(" ")
@@ -230,6 +231,11 @@ class AuthService:
         token = credentials.strip()
         if looks_like_key(token):
             return await self._authenticate_key(token, acting_user)
+        caller = await self._authenticate_jwt(token)
+        _only_self(caller, acting_user)
+        return caller
+
+    async def _authenticate_jwt(self, token: str) -> Principal:
         claims = self.codec.verify(token)  # signature, audience and expiry, on every request
         # Revocation and disabling act at once: the token's row and its user are read on every request, unless
         # nothing was committed since they were last read — by this process (which drops the entry when it
@@ -291,8 +297,8 @@ class AuthService:
         name; default its creator). `acting_user` with another kind of key, or naming anyone outside the
         organization, is 403."""
         kind, key_id = row["kind"], row["id"]
-        if acting_user is not None and kind != "org":
-            raise ForbiddenError("userId is only for organization keys: this key acts as its own user")
+        if kind != "org" and acting_user is not None and acting_user not in (row["user_id"], row["user_name"]):
+            raise ForbiddenError(_SOMEONE_ELSE)
         user: Row = {"id": row["user_id"], "name": row["user_name"], "is_admin": row["is_admin"]}
         scopes = (Scope("manage", "all"),)
         if kind == "recipe":
@@ -345,3 +351,12 @@ class AuthService:
             "SELECT id, user_id, scopes, created_at, expires_at, revoked_at FROM auth_tokens WHERE id = $1", token_id
         )
         return None if row is None else dict(row)
+
+
+_SOMEONE_ELSE = "userId names another user: only organization API keys act for other users"
+
+
+def _only_self(caller: Principal, acting_user: str | None) -> None:
+    """A token or personal/recipe key may send `userId` only naming its own user (403 otherwise)."""
+    if acting_user is not None and acting_user not in (caller.user_id, caller.user_name):
+        raise ForbiddenError(_SOMEONE_ELSE)

@@ -7,7 +7,8 @@ from conveyor.blocks.base import Block, BlockRegistry
 
 def builtin_blocks() -> list[Block]:
     """One instance of every built-in block."""
-    from conveyor.blocks import control, documents, http, images, inputs, io, jsondata, missing, recipes, text
+    from conveyor.blocks import control, documents, http, images, inputs, io, jsondata, llm, missing, recipes, text
+    from conveyor.blocks.ask_data import AskData
 
     return [
         io.ChatInput(),
@@ -32,6 +33,9 @@ def builtin_blocks() -> list[Block]:
         http.HttpRequestBlock(),
         control.Delay(),
         recipes.RunRecipe(),
+        llm.LlmChat(),
+        llm.LlmStructured(),
+        AskData(),
         missing.MissingBlock(),
     ]
 

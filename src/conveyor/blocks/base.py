@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from conveyor.llm.models import LanguageModels
 
 
 class PortType(StrEnum):
@@ -189,6 +192,19 @@ class HttpClient(Protocol):
         ...
 
 
+MAX_PROGRESS_CHARS = 2000
+MAX_PROGRESS_EVENTS = 200
+EVENT_KEYS = frozenset({"id", "kind", "node", "at"})  # what every stored event has: a block's data cannot shadow it
+
+
+class ModelResolver(Protocol):
+    """Data models by id (implemented by `conveyor.analytics.store.ModelService`)."""
+
+    async def resolve(self, model_id: str, branch_id: str | None = None) -> Any:
+        """The model, overlaid by the branch, with its read-only connection; `NotFoundError` when unknown."""
+        ...
+
+
 SubRecipeRunner = Callable[[str, Mapping[str, Any], int], Awaitable[dict[str, Any]]]
 
 
@@ -207,10 +223,24 @@ class BlockContext:
     run_recipe: SubRecipeRunner | None = None
     user_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    llm: LanguageModels | None = None  # language models by provider; None where none are offered
+    analytics: ModelResolver | None = None  # data models by id (`ask_data`); None where none are offered
+    emit: Callable[[str, str, dict[str, Any]], None] | None = None  # the run's event sink (see `progress`)
+    progress_sent: int = 0
 
     def meter(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost: float = 0.0) -> None:
         """Reports a model call's usage for this node."""
         self.usage.add(self.node_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost)
+
+    def progress(self, message: str, data: Mapping[str, Any] | None = None) -> None:
+        """Records a `progress` event of this node on the job (`{"message": ..., **data}`), e.g. a step of a long
+        model pipeline. The message is cut at 2,000 characters; keys an event has already (`id`, `kind`, `node`,
+        `at`) are left out of `data`; past 200 events of one node (its retries included) the rest are dropped."""
+        if self.emit is None or self.progress_sent >= MAX_PROGRESS_EVENTS:
+            return
+        self.progress_sent += 1
+        fields = {key: value for key, value in (data or {}).items() if key not in EVENT_KEYS}
+        self.emit("progress", self.node_id, {**fields, "message": message[:MAX_PROGRESS_CHARS]})
 
 
 class BlockConfig(BaseModel):

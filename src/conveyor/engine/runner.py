@@ -14,13 +14,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.blocks.base import BlockContext, BlockError, FileStore, HttpClient, UsageMeter
+from conveyor.blocks.base import BlockContext, BlockError, FileStore, HttpClient, ModelResolver, UsageMeter
 from conveyor.errors import ConveyorError
 from conveyor.recipes.graph import CompiledNode, RecipeGraph
 
-# Receives node events as they happen: (kind, node, data), kind one of started, finished, failed, retried, skipped.
+if TYPE_CHECKING:
+    from conveyor.llm.models import LanguageModels
+
+# Receives node events as they happen: (kind, node, data), kind one of started, finished, failed, retried, skipped,
+# and `progress` (a block's own steps, through `BlockContext.progress`).
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -83,8 +87,12 @@ class Engine:
         limits: Any,
         load_graph: GraphLoader | None = None,
         logger: logging.Logger | None = None,
+        llm: LanguageModels | None = None,
+        analytics: ModelResolver | None = None,
     ) -> None:
         self.files = files
+        self.llm = llm  # what language-model blocks ask (`BlockContext.llm`)
+        self.analytics = analytics  # data models for `ask_data` (`BlockContext.analytics`)
         self.http = http
         self.limits = limits
         self.load_graph = load_graph
@@ -192,6 +200,9 @@ class Engine:
             depth=run.depth,
             run_recipe=self._sub_runner(run),
             user_id=run.user_id,
+            llm=self.llm,
+            analytics=self.analytics,
+            emit=run.emit,
         )
         timeout_s = node.timeout_s or self.block_timeout_s
         instant = getattr(node.block, "instant", False)  # never awaits: a timeout could not interrupt it

@@ -89,14 +89,20 @@ class JobService:
         api_key_id: str | None = None,
         key_cap: int | None = None,
         webhooks: Sequence[tuple[str, str, str, str]] = (),
+        job_id: str | None = None,
+        extra_ops: Sequence[Op] = (),
     ) -> tuple[Row, bool]:
         """Queues a job; returns (job, created). A repeated idempotency key returns the first job.
+
+        `job_id` (a fresh `uuid7()`) and `extra_ops` let a caller store rows of its own about the job in the same
+        transaction as the job, so no executor can claim the job before they exist; the ops must check that the
+        job row exists (it is not inserted when the queue is full or the key is at its cap).
 
         `webhooks` (`(url, method, headers JSON, dialect)`, already checked) are stored with the job, in the
         same transaction. With `key_cap`, the API key `api_key_id` may have at most that many jobs pending or
         running: counted in the insert, so concurrent submits cannot pass it together (`RateLimitedError`).
         """
-        job_id = uuid7()
+        job_id = job_id or uuid7()
         at = q.now_ms()
         scope = user_id or ""
         encoded = (await encode(inputs, self.files, self.inline_max)).decode()
@@ -123,6 +129,7 @@ class JobService:
                 key_cap=key_cap,
                 webhooks=webhooks,
             ),
+            *extra_ops,
         )
         if results[len(lock)]:
             return _new_job_row(job_id, recipe_id, revision, user_id, priority, idempotency_key, at), True

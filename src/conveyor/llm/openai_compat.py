@@ -27,6 +27,7 @@ from conveyor.llm.base import (
     ChatResult,
     ChatStream,
     Usage,
+    chat_with_repairs,
     check_schema,
     structured_problem,
 )
@@ -93,23 +94,7 @@ class OpenAICompatModel:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Asks for a whole answer; with a schema, repairs invalid output up to `max_repairs` times."""
-        if request.json_schema is not None:
-            check_schema(request.json_schema)
-        usage = Usage()
-        messages = request.messages
-        for repair in range(self.max_repairs + 1):
-            result = await self._complete(replace(request, messages=messages))
-            usage += result.usage
-            if request.json_schema is None:
-                return result
-            value, problem = structured_problem(result.text, request.json_schema)
-            if problem is None:
-                return replace(result, usage=usage, parsed=value)
-            if repair == self.max_repairs:
-                raise ModelError(f"{problem} (after {repair} repairs)", details={"repairs": repair, "problem": problem})
-            log.info("llm: repairing structured output (%s)", problem)
-            messages = (*messages, ChatMessage("assistant", result.text), ChatMessage("user", _repair_prompt(problem)))
-        raise AssertionError("unreachable: the loop returns or raises")
+        return await chat_with_repairs(self._complete, request, self.max_repairs)
 
     def stream(self, request: ChatRequest) -> ChatStream:
         """Streams the answer's text deltas; a schema'd answer is validated at the end (no repairs mid-stream)."""
@@ -336,10 +321,6 @@ def _chunk_choices(chunk: dict[str, Any], finish: str | None, where: str) -> tup
     except (AttributeError, TypeError):
         raise ModelError(f"{where}: a streamed chunk is not a chat completion chunk") from None
     return deltas, finish
-
-
-def _repair_prompt(problem: str) -> str:
-    return f"Your previous answer cannot be used: {problem}. Answer again with only the corrected JSON."
 
 
 def _schema_prompt(schema: Mapping[str, Any]) -> str:

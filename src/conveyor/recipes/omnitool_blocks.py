@@ -505,6 +505,85 @@ def _recipe_metadata(b: NodeBuilder) -> None:
     b.output("text")
 
 
+# ---------------------------------------------------------------------------------------------- language models
+
+# Omnitool's chat blocks send `instruction` as the system message and `prompt` as the user message; ours render
+# them from inputs of those names (a data value becomes a constant helper), so neither is read as a template.
+_SYSTEM = "{{ instruction | default('') }}"
+_PROMPT = "{{ prompt | default('') }}"
+
+
+def _chat_messages(b: NodeBuilder, instruction: str, prompt: str) -> None:
+    """Omnitool inputs `instruction` and `prompt` (as named there) feed llm_chat's `instruction` and `prompt`."""
+    b.block = "llm_chat"
+    b.config.update(system=_SYSTEM, prompt=_PROMPT)
+    b.input(instruction, "instruction")
+    b.input(prompt, "prompt")
+    if not any(b.wired(port) or not is_empty(b.node.data.get(port)) for port in (instruction, prompt)):
+        b.problem("missing_input", f"neither {instruction!r} nor {prompt!r} is connected or has a value in data")
+
+
+def _chat_options(b: NodeBuilder) -> None:
+    """`model`, `temperature` and `max_tokens` from data (the node's configuration here, so never connected)."""
+    for key in ("model", "temperature", "max_tokens"):
+        b.refuse(key, f"the {key.replace('_', ' ')} is part of the node's configuration in Conveyor")
+    model = b.data("model")
+    if isinstance(model, str) and model.strip():
+        b.config["model"] = model.strip()[:256]
+    elif not is_empty(model):
+        b.unsupported("model", "the model is a name")
+    temperature = _number(b.data("temperature"))
+    if temperature is not None and 0 <= temperature <= 2:
+        b.config["temperature"] = temperature
+    elif not is_empty(b.node.data.get("temperature")):
+        b.unsupported("temperature", "the temperature is a number from 0 to 2")
+    max_tokens = _number(b.data("max_tokens"))  # Omnitool writes "inf" for no limit
+    if isinstance(max_tokens, int) and 0 < max_tokens <= 32_768:
+        b.config["max_tokens"] = max_tokens
+    top_p = b.data("top_p")
+    if not is_empty(top_p) and _number(top_p) != 1:
+        b.warn("approximated", f"top_p {short(top_p)} is not used; the provider's own applies")
+
+
+def _simple_chat_gpt(b: NodeBuilder) -> None:
+    _chat_messages(b, "instruction", "prompt")
+    _chat_options(b)
+    b.output("text")
+    b.refuse_output("_omni_status", "Conveyor's llm_chat reports failures as the job's error")
+
+
+def _advanced_chat_gpt(b: NodeBuilder) -> None:
+    _chat_messages(b, "instruction", "prompt")
+    _chat_options(b)
+    b.output("answer_text", "text")
+    why = "Conveyor's llm_chat does not call functions"
+    for key in ("function", "functions", "function_call"):
+        b.refuse(key, why)
+        b.unsupported(key, why)
+    for port in ("function_call", "function_arguments_string", "function_arguments", "function_name"):
+        b.refuse_output(port, why)
+    b.refuse_output("raw_output", "Conveyor's llm_chat gives the answer's text (and JSON in JSON mode)")
+    b.refuse("json_mode", "JSON mode is part of the node's configuration in Conveyor")
+    b.refuse("seed", "Conveyor's local model always uses one seed")
+    b.data("seed")
+    json_mode = b.data("json_mode")
+    if json_mode is True or (isinstance(json_mode, str) and json_mode.strip().lower() == "true"):
+        b.config["json_schema"] = {"type": "object"}  # JSON mode: any JSON object
+        b.output("answer_json", "json")
+
+
+def _large_language_model(b: NodeBuilder) -> None:
+    """Omnitool's provider-neutral LLM block: the server's default provider answers; `creative` runs hotter."""
+    _chat_messages(b, "Instruction", "Prompt")
+    b.refuse("Criteria", "the criteria are part of the node's configuration in Conveyor")
+    criteria = b.data("Criteria")
+    if criteria == "creative":
+        b.config["temperature"] = 0.9  # what Omnitool sends for it
+    elif criteria not in (None, "", "fast", "accurate", "free"):
+        b.unsupported("Criteria", "the criteria are one of free, fast, accurate or creative")
+    b.output("Reply", "text")
+
+
 BLOCKS: dict[str, Callable[[NodeBuilder], None]] = {
     "omnitool.chat_input": _chat_input,
     "omnitool.chat_output": _chat_output,
@@ -525,14 +604,13 @@ BLOCKS: dict[str, Callable[[NodeBuilder], None]] = {
     "omnitool.write_document": _write_document,
     "omnitool.run_recipe": _run_recipe,
     "omnitool.recipe_metadata": _recipe_metadata,
+    "openai.simpleChatGPT": _simple_chat_gpt,
+    "openai.advancedChatGPT": _advanced_chat_gpt,
+    "omnitool.large_language_model": _large_language_model,
 }
 """Omnitool block name -> the function that maps a node of it."""
 
-PLANNED: Mapping[str, str] = {
-    "openai.simpleChatGPT": "language-model blocks are not available in Conveyor yet",
-    "openai.advancedChatGPT": "language-model blocks are not available in Conveyor yet",
-    "omnitool.large_language_model": "language-model blocks are not available in Conveyor yet",
-}
+PLANNED: Mapping[str, str] = {}
 """Omnitool blocks known to be missing, with the reason the import reports."""
 
 

@@ -44,6 +44,8 @@ class Reversed:
     outs: Mapping[str, str] = field(default_factory=dict)
     inputs: tuple[str, ...] | None = ()
     outputs: tuple[str, ...] | None = ()
+    drop: tuple[str, ...] = ()
+    """Keys of the data the import kept that no longer hold (e.g. a model no longer set): left out."""
 
     def in_port(self, ours: str) -> str | None:
         port = self.ins.get(ours, ours)
@@ -206,6 +208,96 @@ def _prepare_image(spec: NodeSpec) -> Reversed | str:
     )
 
 
+# Language models. Omnitool's chat blocks take the system (`instruction`) and user (`prompt`) messages as plain text,
+# from data or a connection; ours are Jinja2 templates. A template that is plain text goes into data, one that is
+# just a variable (`{{ name }}`, or the import's `{{ name | default('') }}`) wires input `name` to the port, and any
+# other template has no Omnitool form.
+_JINJA = re.compile(r"\{[{%#]")
+_ONE_VARIABLE = re.compile(r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*default\(\s*(?:''|\"\")\s*\)\s*)?-?\}\}")
+_CHAT_BLOCKS = ("openai.simpleChatGPT", "openai.advancedChatGPT", "omnitool.large_language_model")
+_SIMPLE_INPUTS = ("instruction", "prompt", "model", "temperature")
+_ADVANCED_INPUTS = (*_SIMPLE_INPUTS, "top_p", "max_tokens", "json_mode", "seed")
+_CREATIVE_TEMPERATURE = 0.9  # what the import makes of large_language_model's `creative`
+_OPTIONS = ("model", "temperature", "max_tokens")
+
+
+def _message(template: str, port: str, ins: dict[str, str], data: dict[str, Any]) -> str | None:
+    """Puts one message template into Omnitool's form (a data value or a wired port); else says why it cannot."""
+    if not _JINJA.search(template):
+        data[port] = template
+        return None
+    variable = _ONE_VARIABLE.fullmatch(template)
+    if variable is None:
+        return (
+            f"the {'system message' if port.lower() == 'instruction' else 'prompt'} template {template[:60]!r} is "
+            "neither plain text nor one variable; Omnitool's chat blocks take plain text (build the text first, "
+            "e.g. with multi_text_replace)"
+        )
+    if variable.group(1) in ins:
+        return f"input {variable.group(1)!r} is both the system message and the prompt; Omnitool has one port each"
+    ins[variable.group(1)] = port
+    data[port] = ""
+    return None
+
+
+def _chat_block(spec: NodeSpec) -> str:
+    """The Omnitool block a native llm_chat node becomes: the one it was imported from while that still fits,
+    else simpleChatGPT, or advancedChatGPT when it needs JSON mode or a token limit."""
+    config = spec.config
+    was = _info(spec).get("name")
+    plain = config.get("json_schema") is None and config.get("max_tokens") is None
+    if (
+        was == "omnitool.large_language_model"
+        and plain
+        and not config.get("model")
+        and config.get("provider", "default") == "default"
+        and config.get("temperature") in (None, _CREATIVE_TEMPERATURE)
+    ):
+        return str(was)
+    if was == "openai.advancedChatGPT" or not plain:
+        return "openai.advancedChatGPT"
+    return "openai.simpleChatGPT"
+
+
+def _llm_chat(spec: NodeSpec) -> Reversed | str:
+    """llm_chat as Omnitool's openai.simpleChatGPT / advancedChatGPT (or the large_language_model it came from).
+
+    The default provider and `openai` are written as Omnitool's OpenAI blocks (which call OpenAI); the bundled
+    `local` model and a JSON schema other than "any object" (Omnitool's JSON mode) have no Omnitool form.
+    """
+    config = spec.config
+    if config.get("provider", "default") not in ("default", "openai"):
+        return f"the {config['provider']} provider has no Omnitool form (Omnitool's chat blocks call OpenAI)"
+    schema = config.get("json_schema")
+    if schema is not None and schema != {"type": "object"}:
+        return (
+            "a JSON schema other than {'type': 'object'} has no Omnitool form: Omnitool's JSON mode asks for any "
+            "JSON object and checks nothing"
+        )
+    name = _chat_block(spec)
+    llm = name == "omnitool.large_language_model"
+    ins: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for template, port in ((config.get("system", ""), "instruction"), (config.get("prompt", "{{ prompt }}"), "prompt")):
+        why = _message(str(template), port.capitalize() if llm else port, ins, data)
+        if why is not None:
+            return why
+    if llm:
+        creative = config.get("temperature") == _CREATIVE_TEMPERATURE
+        if creative or (_info(spec).get("data") or {}).get("Criteria") == "creative":
+            data["Criteria"] = "creative" if creative else "fast"
+        return Reversed(
+            name, data, ins=ins, inputs=("Instruction", "Prompt"), outs={"text": "Reply"}, outputs=("Reply",)
+        )
+    data |= {key: config[key] for key in _OPTIONS if config.get(key) is not None}
+    drop = tuple(key for key in _OPTIONS if key not in data)
+    if name == "openai.simpleChatGPT":
+        return Reversed(name, data, ins=ins, inputs=_SIMPLE_INPUTS, outputs=("text",), drop=drop)
+    data["json_mode"] = schema is not None
+    outs = {"text": "answer_text", "json": "answer_json"}
+    return Reversed(name, data, ins=ins, inputs=_ADVANCED_INPUTS, outs=outs, outputs=tuple(outs.values()), drop=drop)
+
+
 def _missing_block(spec: NodeSpec) -> Reversed | str:
     return Reversed(str(spec.config.get("block", "omnitool._block_missing")), {}, inputs=None, outputs=None)
 
@@ -230,6 +322,7 @@ REVERSE: dict[str, Reverse] = {
     "recipe_metadata": _recipe_metadata,
     "image_info": _image_info,
     "prepare_image": _prepare_image,
+    "llm_chat": _llm_chat,
     "missing_block": _missing_block,
 }
 """Our block -> how a node of it is written as an Omnitool node (when it was not imported unchanged)."""
@@ -322,7 +415,7 @@ class _Export:
             return {"id": omni_id, "name": spec.block, "data": {}}
         self.reversed[node_id] = result
         stored = dict(info.get("data") or {}) if info.get("name") == result.name else {}
-        data = stored | result.data
+        data = {key: value for key, value in stored.items() if key not in result.drop} | result.data
         if not spec.enabled or "xOmniEnabled" in data:
             data["xOmniEnabled"] = spec.enabled
         if spec.title:
@@ -335,6 +428,17 @@ class _Export:
         of = helper.get("of")
         owner = self.by_omni.get(of) if isinstance(of, int) else None
         return owner if owner is not None and _info(self.doc.nodes[owner]).get("id") == of else None
+
+    def _helper_port(self, owner: str, helper_id: str, stored: str) -> str:
+        """The Omnitool port a constant helper's value goes to: as imported, unless its node is now written as
+        another block (e.g. large_language_model's `Instruction` as simpleChatGPT's `instruction`)."""
+        reversed_ = self.reversed.get(owner)
+        if reversed_ is None:
+            return stored
+        for ours, ref in self.doc.nodes[owner].inputs.items():
+            if ref.partition(".")[0] == helper_id:
+                return reversed_.in_port(ours) or stored
+        return stored
 
     def _fold_helpers(self) -> None:
         """A constant helper's value goes into its node's data (unless both are unchanged, when it is there);
@@ -349,7 +453,7 @@ class _Export:
                 continue
             if "input" in helper:
                 value = next(iter(spec.config.values()), None)
-                self.omni[self.main[owner]]["data"][str(helper["input"])] = value
+                self.omni[self.main[owner]]["data"][self._helper_port(owner, node_id, str(helper["input"]))] = value
             elif info.get("fingerprint") != fingerprint(spec.model_dump()):
                 self._problem(node_id, "this node, made by the Omnitool import, was changed; change its node instead")
 

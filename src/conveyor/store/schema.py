@@ -216,3 +216,93 @@ webhook_attempts = Table(
     Column("duration_ms", Integer, nullable=False),
     Column("error", Text),
 )
+
+# Analytics (issue 7). A connection is a database the server reads for data models: registered by the operator
+# only (CLI, seed), since its target is a file path or a URL on the server that may hold a password. HTTP shows
+# its id, name and kind, never its target.
+analytics_connections = Table(
+    "analytics_connections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # duckdb | sqlite | postgres
+    Column("target", Text, nullable=False),  # a file path or a PostgreSQL URL: never returned or logged
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# A data model (`kind` SHARED) or a branch of one (`kind` BRANCH, `base_model_id` set, hard-deleted when merged or
+# deleted). `version` grows with every change of the model's files: writes are guarded by it (compare and swap),
+# and parsed models are cached under it.
+analytics_models = Table(
+    "analytics_models",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  # SHARED | BRANCH
+    Column("connection_id", String(36), ForeignKey("analytics_connections.id"), nullable=False),
+    Column("base_model_id", String(36), ForeignKey("analytics_models.id")),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("created_by", String(36)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger),
+)
+Index("ix_analytics_models_created", analytics_models.c.created_at, analytics_models.c.id)
+# Branch names are unique per base model; live shared models' names are unique (the CLI names models by them).
+Index("ux_analytics_models_branch", analytics_models.c.base_model_id, analytics_models.c.name, unique=True)
+Index(
+    "ux_analytics_models_shared_name",
+    analytics_models.c.name,
+    unique=True,
+    sqlite_where=text("kind = 'SHARED' AND deleted_at IS NULL"),
+    postgresql_where=text("kind = 'SHARED' AND deleted_at IS NULL"),
+)
+
+# A model's YAML files by name (`orders.view`, `sales.topic`, `model`). In a branch, a file replaces the base
+# model's file of that name, and an empty `yaml` deletes it.
+analytics_model_files = Table(
+    "analytics_model_files",
+    metadata,
+    Column("model_id", String(36), ForeignKey("analytics_models.id", ondelete="CASCADE"), primary_key=True),
+    Column("file_name", String(255), primary_key=True),
+    Column("yaml", Text, nullable=False),
+    Column("checksum", String(64), nullable=False),  # SHA-256 of the YAML text, hex: `previousChecksum` compares it
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Omni AI jobs (`api/omni.py`): conversations, and one row per AI job (its id is the Conveyor job's id).
+ai_conversations = Table(
+    "ai_conversations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), nullable=False),
+    Column("org_id", String(36)),
+    Column("model_id", String(36), nullable=False),
+    Column("title", String(200), nullable=False),  # the first prompt, cut
+    # The job that holds the conversation (at most one active job per conversation): a job id, or a reservation
+    # `r:<token>` while a submit is under way (taken over once `active_since` is a minute old).
+    Column("active_job_id", String(64)),
+    Column("active_since", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_ai_conversations_user", ai_conversations.c.user_id, ai_conversations.c.created_at, ai_conversations.c.id)
+
+ai_jobs = Table(
+    "ai_jobs",
+    metadata,
+    Column("id", String(36), ForeignKey("jobs.id"), primary_key=True),
+    Column("conversation_id", String(36), ForeignKey("ai_conversations.id"), nullable=False),
+    Column("user_id", String(36), nullable=False),
+    Column("org_id", String(36)),
+    Column("model_id", String(36), nullable=False),
+    Column("branch_id", String(36)),
+    Column("topic_name", String(256)),
+    Column("prompt", Text, nullable=False),
+    Column("webhook_secret", Text),  # sealed with the server's key (`analytics.ai_jobs.SecretBox`); never returned
+    Column("webhook_metadata", Text),  # the caller's `webhookMetadata`, its exact JSON text
+    Column("progress_webhook", Integer, nullable=False, server_default="0"),
+    Column("cancelled_by", String(36)),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_ai_jobs_conversation", ai_jobs.c.conversation_id, ai_jobs.c.created_at)

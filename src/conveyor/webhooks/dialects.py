@@ -14,12 +14,15 @@ from typing import Any
 import orjson
 
 from conveyor.jobs.service import JobService
-from conveyor.store.db import Row
+from conveyor.store.db import Database, Row
 from conveyor.webhooks.signing import Signer, StandardWebhooksSigner
 
 # (jobs, the job's row, the delivery's event such as `job.succeeded`) -> the JSON payload of a POST.
 PayloadBuilder = Callable[[JobService, Row, str], Awaitable[dict[str, Any]]]
 SignerFactory = Callable[[Sequence[str]], Signer]
+# (the store, the job's row) -> the secrets that sign its webhooks, for a dialect whose secret is per job (Omni's);
+# without one, the job's API key's (or user's) secrets sign (`secret_store.job_secrets`).
+SecretsLookup = Callable[[Database, Row], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,7 @@ class Dialect:
 
     payload: PayloadBuilder
     signer: SignerFactory
+    secrets: SecretsLookup | None = None
 
 
 class WebhookDialects:
@@ -36,8 +40,14 @@ class WebhookDialects:
     def __init__(self) -> None:
         self._dialects: dict[str, Dialect] = {}
 
-    def register(self, name: str, payload: PayloadBuilder, signer: SignerFactory = StandardWebhooksSigner) -> None:
-        self._dialects[name] = Dialect(payload, signer)
+    def register(
+        self,
+        name: str,
+        payload: PayloadBuilder,
+        signer: SignerFactory = StandardWebhooksSigner,
+        secrets: SecretsLookup | None = None,
+    ) -> None:
+        self._dialects[name] = Dialect(payload, signer, secrets)
 
     def get(self, name: str) -> Dialect:
         """The dialect `name`; an unknown one (a row written by a newer version) falls back to native."""

@@ -50,6 +50,11 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
+def is_one_shot(event: str) -> bool:
+    """Best-effort events (Omni's progress events, `progress.<event id>`) get one attempt and no retry."""
+    return event.startswith("progress.")
+
+
 class Dispatcher:
     """Delivers the outbox's due webhooks, at most `settings.concurrency` at once."""
 
@@ -162,7 +167,7 @@ class Dispatcher:
             log.exception("webhook delivery %s failed before it was sent", row["id"])
             outcome = Outcome(None, f"internal error: {type(exc).__name__}")
         duration_ms = int((time.monotonic() - clock) * 1000)
-        state, next_at = self._next(outcome, attempt)
+        state, next_at = self._next(outcome, attempt, one_shot=is_one_shot(row["event"]))
         try:
             await self.db.write(
                 *outbox.settle_ops(
@@ -182,12 +187,12 @@ class Dispatcher:
             # Its lease lapses and it is sent again: at least once.
             log.exception("recording webhook delivery %s failed", row["id"])
 
-    def _next(self, outcome: Outcome, attempt: int) -> tuple[str, int | None]:
+    def _next(self, outcome: Outcome, attempt: int, *, one_shot: bool = False) -> tuple[str, int | None]:
         """The delivery's state after `attempt` and when the next attempt is due."""
         if outcome.succeeded:
             return "succeeded", None
         delays = self.settings.retry_delays
-        if outcome.status == 410 or outcome.final or attempt >= len(delays):
+        if outcome.status == 410 or outcome.final or attempt >= len(delays) or one_shot:
             return "failed", None
         delay = delays[attempt] * random.uniform(1 - JITTER, 1 + JITTER)
         if outcome.retry_after_s is not None:
@@ -201,7 +206,10 @@ class Dispatcher:
         if target is None or job is None:
             return Outcome(None, "the job or its webhook no longer exists")
         dialect = self.dialects.get(target["dialect"])
-        keys = await job_secrets(self.db, api_key_id=job["api_key_id"], user_id=job["user_id"])
+        if dialect.secrets is not None:
+            keys = await dialect.secrets(self.db, job)
+        else:
+            keys = await job_secrets(self.db, api_key_id=job["api_key_id"], user_id=job["user_id"])
         fields: dict[str, str] = {"User-Agent": USER_AGENT, **orjson.loads(target["headers"])}
         url = target["url"]
         if target["method"] == "GET":

@@ -47,3 +47,25 @@ class StandardWebhooksSigner:
                 "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in self._keys
             )
         return fields
+
+
+class OmniSigner:
+    """Omni's scheme: `X-Omni-Signature-Timestamp: <unix seconds>` and
+    `X-Omni-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`.
+
+    The secret is the job's own `webhookSigningSecret`, used as given (its UTF-8 bytes, no prefix or base64).
+    With no secret the request goes unsigned: only the timestamp is sent. A receiver verifies with::
+
+        expected = "sha256=" + hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(expected, request.headers["X-Omni-Signature"]) and abs(time.time() - int(ts)) < 300
+    """
+
+    def __init__(self, secrets_: Sequence[str]) -> None:
+        self._keys = [secret.encode() for secret in secrets_[:1]]
+
+    def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+        fields = {"X-Omni-Signature-Timestamp": str(timestamp)}
+        if self._keys:
+            digest = hmac.new(self._keys[0], f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+            fields["X-Omni-Signature"] = "sha256=" + digest
+        return fields
