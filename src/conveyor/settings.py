@@ -270,6 +270,16 @@ class OmniSettings(BaseModel):
         description="Days a completed AI job's result stays readable (`GET .../result`, `.../vis`); after that "
         "they answer 404, like Omni's.",
     )
+    provider: Literal["default", "local", "openai"] = Field(
+        default="default",
+        description="The language model AI jobs ask: `default` is `llm.provider`; `local` or `openai` pick one.",
+    )
+    sql_mode: Literal["semantic", "sql"] = Field(
+        default="semantic",
+        description="`semantic`: the model fills a structured query that our code compiles through the semantic "
+        "layer. `sql`: the model writes the SQL itself, for providers trusted to (a large hosted model); either way "
+        "the SQL must pass the guard (one read-only SELECT over the topic's tables).",
+    )
     chat_url_base: str = Field(
         default="",
         max_length=1024,

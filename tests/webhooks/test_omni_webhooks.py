@@ -13,13 +13,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from tests.api.omni_support import SPEC, answer, assert_omni_error, conforms, llm_settings, make_model, wait_state
+from tests.api.omni_support import answer, assert_omni_error, conforms, llm_settings, make_model, wait_state
 from tests.conftest import LiveServer
 from tests.llm.scripted_openai import ScriptedOpenAI
 from tests.receiver import Receiver, Reply
 from tests.webhooks.test_dispatcher import wait_until
-
-pytestmark = pytest.mark.skipif(not SPEC, reason="the Omni reference schemas are not on this machine")
 
 JOBS = "/api/v1/ai/jobs"
 JOB = "/api/v1/ai/jobs/{jobId}"

@@ -9,11 +9,13 @@ as the job; model, branch, topic, prompt, the webhook's sealed secret and raw me
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import logging
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,23 +90,32 @@ class AiRecipe:
     graph: RecipeGraph
 
 
-async def ensure_ai_recipe(recipes: RecipeService) -> AiRecipe:
+def ai_recipe(ask_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`AI_RECIPE` with the `ask_data` node configured as settings say (`omni.provider`, `omni.sql_mode`)."""
+    doc = copy.deepcopy(AI_RECIPE)
+    if ask_config:
+        doc["nodes"]["ask"]["config"] = dict(ask_config)
+    return doc
+
+
+async def ensure_ai_recipe(recipes: RecipeService, ask_config: Mapping[str, Any] | None = None) -> AiRecipe:
     """The built-in AI recipe, created on first use (shared: no owner).
 
-    AI jobs always run the revision whose body is `AI_RECIPE` (found, or added when the code changed it), never
-    simply the newest: an admin who edits or deletes the recipe through the recipe API changes nothing AI jobs
-    run. It is read without the `deleted_at` filter for the same reason.
+    AI jobs always run the revision whose body is `ai_recipe(ask_config)` (found, or added when the code or the
+    settings changed it), never simply the newest: an admin who edits or deletes the recipe through the recipe API
+    changes nothing AI jobs run. It is read without the `deleted_at` filter for the same reason.
     """
     if ASK_BLOCK not in recipes.registry:
         raise AiUnavailableError("AI jobs need the ask_data block, which this build does not have")
-    graph = recipes.validate(AI_RECIPE)
+    doc = ai_recipe(ask_config)
+    graph = recipes.validate(doc)
     body = graph.doc.body()
     row = await recipes.db.fetch_one(
         "SELECT id, name, latest_revision, owner_id FROM recipes WHERE id = $1", AI_RECIPE_ID
     )
     if row is None:
         try:
-            await recipes.create(AI_RECIPE)
+            await recipes.create(doc)
         except ConflictError:
             pass  # another process created it a moment ago
         row = await recipes.db.fetch_one(
@@ -113,7 +124,7 @@ async def ensure_ai_recipe(recipes: RecipeService) -> AiRecipe:
         assert row is not None
     revision = await _matching_revision(recipes, body)
     if revision is None:
-        await recipes.update(AI_RECIPE_ID, AI_RECIPE)
+        await recipes.update(AI_RECIPE_ID, doc)
         revision = await _matching_revision(recipes, body)
         assert revision is not None
     return AiRecipe(row=dict(row), revision=revision, graph=await recipes.graph(AI_RECIPE_ID, revision))

@@ -101,6 +101,22 @@ def guard_sql(sql: str, *, dialect: str, allowed_tables: set[str], max_rows: int
         raise SqlRefused(NESTED_TOO_DEEPLY) from None
 
 
+MAX_TREE_DEPTH = 100  # a compiled query is ~10 deep; NOT NOT … or nested CASE past this is refused, whatever the
+# recursion limit of the process (some libraries raise it, and then sqlglot parses what it otherwise cannot)
+
+
+def tree_depth(tree: exp.Expr) -> int:
+    """The depth of a parsed SQL tree, counted without recursion."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_TREE_DEPTH:  # past the bound the answer is known: stop walking
+            stack.extend((child, depth + 1) for child in node.iter_expressions())
+    return deepest
+
+
 def nesting_depth(sql: str) -> int:
     """The deepest nesting of brackets in `sql`, outside quoted strings and identifiers."""
     depth = deepest = 0
@@ -132,6 +148,8 @@ def _guard_parsed(sql: str, dialect: str, allowed_tables: set[str], max_rows: in
     tree = statements[0]
     if not isinstance(tree, exp.Query):
         raise SqlRefused(f"only a SELECT is allowed, not {type(tree).__name__.upper()}")
+    if tree_depth(tree) > MAX_TREE_DEPTH:
+        raise SqlRefused(NESTED_TOO_DEEPLY)
     nodes = list(tree.walk())
     if len(nodes) > MAX_NODES:
         raise SqlRefused(f"the SQL is too complex (over {MAX_NODES} parts)")
@@ -147,6 +165,8 @@ def check_expression(tree: exp.Expr) -> str | None:
 
     The same rules as for queries, with no tables at all: fields and joins name columns, never tables.
     """
+    if tree_depth(tree) > MAX_TREE_DEPTH:
+        return NESTED_TOO_DEEPLY
     try:
         for node in tree.walk():
             _check_node(node, set())

@@ -201,7 +201,9 @@ async def _ai_recipe(request: Request, rt: Runtime) -> AiRecipe:
     state = request.app.state
     async with state.omni_recipe_lock:
         if state.omni_recipe is None:
-            state.omni_recipe = await ensure_ai_recipe(rt.recipes)
+            omni = rt.settings.omni
+            config = {"provider": omni.provider, "sql_mode": omni.sql_mode}
+            state.omni_recipe = await ensure_ai_recipe(rt.recipes, config)
     recipe: AiRecipe = state.omni_recipe
     return recipe
 
