@@ -46,12 +46,10 @@ from conveyor.analytics.ai_jobs import (
     SecretBox,
     ensure_ai_recipe,
 )
-from conveyor.analytics.ask import AnswerFailedError, generate_query, pick_topic
 from conveyor.analytics.store import ModelService
 from conveyor.api.auth import principal
 from conveyor.api.deps import decode_cursor, encode_cursor, iso, json_response
 from conveyor.api.jobs import CANCEL_WAIT_S, submit_for
-from conveyor.api.omni_vis import NotChartable, render_chart
 from conveyor.api.omni_webhooks import DIALECT, ProgressRelay
 from conveyor.auth.keys import RateLimiter
 from conveyor.auth.principal import Principal
@@ -440,6 +438,8 @@ async def read_ai_vis(job_id: str, request: Request) -> Response:
     me = await principal(request)
     row = await _complete(request, me, job_id)
     outputs = await _omni(request)[0].outputs(row) or {}
+    from conveyor.api.omni_vis import NotChartable, render_chart  # Pillow's drawing and fonts: loaded when used
+
     try:
         png = await asyncio.to_thread(render_chart, outputs.get("columns"), outputs.get("rows"), outputs.get("topic"))
     except NotChartable as exc:
@@ -561,6 +561,8 @@ async def _topic_call(request: Request, model: type[_TopicParams]) -> tuple[Runt
 async def pick_topic_route(request: Request) -> Response:
     rt, body, resolved = await _topic_call(request, AiPickTopicBody)
     assert rt.llm is not None
+    from conveyor.analytics.ask import pick_topic  # sqlglot and the pipeline: loaded on first use, not at start
+
     try:
         name, _usage = await pick_topic(
             body.prompt, resolved.semantic, rt.llm.get(None), candidates=body.potential_topic_names
@@ -576,6 +578,8 @@ async def pick_topic_route(request: Request) -> Response:
 async def generate_query_route(request: Request) -> Response:
     rt, body, resolved = await _topic_call(request, AiGenerateQueryBody)
     assert rt.llm is not None
+    from conveyor.analytics.ask import AnswerFailedError, generate_query  # loaded on first use, not at start
+
     topic = body.current_topic_name
     if topic is not None and topic not in resolved.semantic.topics:
         raise NotFoundError("topic", topic)

@@ -136,11 +136,20 @@ class ProgressRelay:
                 await asyncio.sleep(self.poll_s)
 
     async def relay_once(self) -> int:
+        # Each event is looked at once: `after` moves up to the newest event seen even when none of them was an AI
+        # job's progress. (Before, it stayed put, and every poll scanned all events since the start again.)
+        top = int(await self.db.fetch_val("SELECT COALESCE(MAX(id), 0) FROM job_events"))
+        if top <= self.after:
+            return 0
         rows = await self.db.fetch_all(
             "SELECT e.id, e.job_id FROM job_events e JOIN ai_jobs a ON a.id = e.job_id"
-            " WHERE e.id > $1 AND e.kind = 'progress' AND a.progress_webhook = 1 ORDER BY e.id LIMIT 100",
+            " WHERE e.id > $1 AND e.id <= $2 AND e.kind = 'progress' AND a.progress_webhook = 1"
+            " ORDER BY e.id LIMIT 100",
             self.after,
+            top,
         )
+        if len(rows) < 100:
+            self.after = top  # nothing more up to `top`; a full page moves `after` row by row below
         for row in rows:
             event = f"progress.{row['id']}"
             delivery = "msg_" + hashlib.sha256(f"{row['job_id']}/{event}".encode()).hexdigest()[:32]
