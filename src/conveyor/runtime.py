@@ -182,7 +182,8 @@ async def _start_distributed(runtime: Runtime, stack: contextlib.AsyncExitStack,
     runtime.celery = CeleryDispatch(celery_app(settings))
     await runtime.celery.start()
     stack.push_async_callback(_timed, runtime.celery.aclose)
-    relay = runtime.relay = RedisNoticeRelay(settings.celery.broker_url.get_secret_value(), runtime.jobs.notices)
+    broker_url = settings.celery.broker_url.get_secret_value()
+    relay = runtime.relay = RedisNoticeRelay(broker_url, runtime.jobs.notices, runs_jobs=worker)
     if runtime.dispatcher is not None:
         relay.on_deliveries = runtime.dispatcher.notify  # a worker wrote deliveries: send them now
     else:

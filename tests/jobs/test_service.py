@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from conveyor.errors import IllegalTransitionError, QueueFullError
+from conveyor.jobs import queries as q
 from conveyor.jobs.service import JobService
 from conveyor.jobs.states import ALLOWED_FROM, TERMINAL, JobState, can_move
 from conveyor.settings import Settings
@@ -39,6 +40,11 @@ def jobs(db: Database, tmp_path: Any) -> JobService:
     return JobService(db, files, max_pending=5, inline_max=1024)
 
 
+def claimed_states(jobs: JobService) -> list[str]:
+    """The state events a claim writes itself: the runner emits `running` where the claim cannot (SQLite)."""
+    return ["running"] if q.claim_writes_running_event(jobs.db.dialect) else []
+
+
 async def submit(jobs: JobService, **kw: Any) -> dict[str, Any]:
     row, _ = await jobs.submit(recipe_id="r1", revision=1, inputs=kw.pop("inputs", {"text": "x"}), timeout_s=60, **kw)
     return dict(row)
@@ -55,7 +61,21 @@ async def test_submit_claim_finish(jobs: JobService) -> None:
     row = await jobs.get(job["id"])
     assert row["state"] == "succeeded" and await jobs.outputs(row) == {"text": "done"}
     kinds = [(e["kind"], orjson.loads(e["data"]).get("state")) for e in await jobs.events(job["id"])]
-    assert kinds == [("state", "pending"), ("state", "succeeded")]
+    assert kinds == [("state", "pending"), *(("state", s) for s in claimed_states(jobs)), ("state", "succeeded")]
+    assert claimed[0].running_event_written == bool(claimed_states(jobs))
+
+
+async def test_claim_one_takes_a_pending_job_once(jobs: JobService) -> None:
+    """A Celery task delivered twice claims its job once; the duplicate writes nothing, not even an event."""
+    job = await submit(jobs)
+    first = await jobs.claim_one(job["id"], OWNER, 30_000)
+    again = await jobs.claim_one(job["id"], "other:2:x", 30_000)
+    assert first is not None and first.id == job["id"] and first.attempts == 1 and again is None
+    events = await jobs.events(job["id"])
+    assert [orjson.loads(e["data"]).get("state") for e in events] == ["pending", *claimed_states(jobs)]
+    if claimed_states(jobs):  # written by the store as the runner would have emitted it
+        assert orjson.loads(events[-1]["data"]) == {"state": "running", "attempt": 1}
+        assert events[-1]["node"] is None and events[-1]["at"] >= job["created_at"]
 
 
 async def test_a_finish_by_someone_who_lost_the_lease_changes_nothing(jobs: JobService) -> None:
@@ -68,7 +88,8 @@ async def test_a_finish_by_someone_who_lost_the_lease_changes_nothing(jobs: JobS
     assert not ours
     assert (await jobs.get(job["id"]))["state"] == "running"
     # a refused finish leaves no event behind: streams stop at the first terminal one, resumes read `finished`
-    assert [e["kind"] for e in await jobs.events(job["id"])] == ["state"]
+    states = [orjson.loads(e["data"]).get("state") for e in await jobs.events(job["id"])]
+    assert states == ["pending", *claimed_states(jobs)]
 
 
 async def test_idempotency_key_returns_the_first_job(jobs: JobService) -> None:
@@ -204,7 +225,7 @@ async def test_two_recoveries_of_one_job_write_one_event(jobs: JobService) -> No
     )
     assert first["failed"] + second["failed"] == 1
     states = [orjson.loads(e["data"]).get("state") for e in await jobs.events(job["id"])]
-    assert states == ["pending", "failed"]
+    assert states == ["pending", *claimed_states(jobs), "failed"]
 
 
 def test_owners_name_one_pid_namespace_of_one_boot() -> None:

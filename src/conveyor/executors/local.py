@@ -301,7 +301,8 @@ class LocalExecutor:
 
     async def _run(self, job: ClaimedJob) -> None:
         emit = self._emit_for(job.id)
-        emit("state", "", {"state": "running", "attempt": job.attempts})
+        if not job.running_event_written:
+            emit("state", "", {"state": "running", "attempt": job.attempts})
         usage = UsageMeter()
         state, outputs, error = JobState.FAILED, None, None
         try:

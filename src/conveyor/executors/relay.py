@@ -2,9 +2,12 @@
 invoke or SSE stream waiting on it in any API process at once; a cancel asked of any server reaches the worker
 running the job; webhook deliveries a worker wrote wake the servers' dispatchers.
 
-Each process publishes what `JobNotices` publishes (job ids, and whether they ended) on one channel and
-delivers what the others publish to its own waiters. Best effort by design: a notice lost while the broker
-restarts costs the waiter one poll interval, never a result (waiters poll as fallback, and read the store).
+Two channels, so no process parses what it has no use for: job changes and "deliveries written" go to the
+servers (who hold the waiters and the dispatchers), cancel requests to the workers (who run the jobs). What a
+process publishes within one turn of its loop goes out merged, in one message per channel (two for changes:
+ended, and the rest): under load that is one message for many jobs, not one per write. Best effort by design: a
+notice lost while the broker restarts costs the waiter one poll interval, never a result (waiters poll as
+fallback, and read the store).
 """
 
 from __future__ import annotations
@@ -23,25 +26,34 @@ from conveyor.jobs.notices import JobNotices
 
 log = logging.getLogger("conveyor.notices")
 
-CHANNEL = "conveyor:job-notices"
-MAX_QUEUED = 10_000  # notices waiting to be published; past it they are dropped (waiters poll)
+NOTICES_CHANNEL = "conveyor:job-notices"  # job changes, deliveries written: heard by servers
+CANCELS_CHANNEL = "conveyor:job-cancels"  # cancel requests: heard by workers
+MAX_QUEUED = 10_000  # job ids waiting to be published; past it they are dropped (waiters poll)
 MAX_MESSAGE_BYTES = 64 * 1024  # anything bigger on the channel is not ours: ignored unparsed
-MAX_IDS = 1000
+MAX_IDS = 1000  # job ids read from one message
+IDS_PER_MESSAGE = 500  # job ids sent in one message: job ids are 36 characters, so it stays far under 64 KB
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 
 
 class RedisNoticeRelay:
-    """Publishes this process's job notices and delivers other processes' to `notices`."""
+    """Publishes this process's job notices and cancel requests, and acts on the other processes': a server
+    (`runs_jobs=False`) hears job changes and deliveries written, a worker (`runs_jobs=True`) cancel requests."""
 
-    def __init__(self, url: str, notices: JobNotices) -> None:
+    def __init__(self, url: str, notices: JobNotices, *, runs_jobs: bool) -> None:
         self.notices = notices
         self.origin = secrets.token_hex(8)
+        self.channel = CANCELS_CHANNEL if runs_jobs else NOTICES_CHANNEL
         # No read timeout (a subscription waits for ever), but keepalive and health checks find a half-open
         # connection, so the subscriber reconnects.
         self._redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=None, socket_keepalive=True, health_check_interval=15
         )
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
+        # What waits to be published: job id -> whether it ended; deliveries written; cancel requests.
+        self._changed: dict[str, bool] = {}
+        self._deliveries = False
+        self._cancels: list[str] = []
+        self._wake = asyncio.Event()
+        self._publishing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.subscribed = asyncio.Event()  # set while the subscription is live (tests wait on it)
@@ -63,7 +75,7 @@ class RedisNoticeRelay:
         # A stopping worker's last notices (its jobs' ends, deliveries written) go out first, briefly.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
-                while not self._outbox.empty():
+                while self._publishing or self._has_queued():
                     await asyncio.sleep(0.01)
         self._stopping = True
         for task in self._tasks:
@@ -77,35 +89,65 @@ class RedisNoticeRelay:
         # with a reader): let the loop finish that, so a loop closed right after us leaves no socket open.
         await asyncio.sleep(0.05)
 
+    def _has_queued(self) -> bool:
+        return bool(self._changed or self._deliveries or self._cancels)
+
     def _enqueue(self, job_ids: list[str], ended: bool) -> None:
-        message = orjson.dumps({"o": self.origin, "ids": job_ids, "ended": ended})
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(message)
+        changed = self._changed
+        for job_id in job_ids:
+            if job_id in changed:
+                changed[job_id] = changed[job_id] or ended
+            elif len(changed) < MAX_QUEUED:
+                changed[job_id] = ended
+        self._wake.set()
 
     def announce_deliveries(self) -> None:
         """This process wrote webhook deliveries but sends none (a worker): wake the servers' dispatchers."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(orjson.dumps({"o": self.origin, "ids": [], "hooks": True}))
+        self._deliveries = True
+        self._wake.set()
 
     def request_cancel(self, job_id: str) -> None:
         """Asks whichever process runs `job_id` to stop it now (the job's cancel flag is already stored)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(orjson.dumps({"o": self.origin, "ids": [], "cancel": job_id}))
+        if len(self._cancels) < IDS_PER_MESSAGE:
+            self._cancels.append(job_id)
+        self._wake.set()
+
+    def _take_messages(self) -> list[tuple[str, bytes]]:
+        """Everything queued, as (channel, message), and the queue emptied."""
+        origin = self.origin
+        ended = [job_id for job_id, done in self._changed.items() if done]
+        changed = [job_id for job_id, done in self._changed.items() if not done]
+        messages = [
+            (NOTICES_CHANNEL, orjson.dumps({"o": origin, "ids": ids[i : i + IDS_PER_MESSAGE], "ended": flag}))
+            for ids, flag in ((ended, True), (changed, False))
+            for i in range(0, len(ids), IDS_PER_MESSAGE)
+        ]
+        if self._deliveries:
+            messages.append((NOTICES_CHANNEL, orjson.dumps({"o": origin, "ids": [], "hooks": True})))
+        messages += [(CANCELS_CHANNEL, orjson.dumps({"o": origin, "ids": [], "cancel": c})) for c in self._cancels]
+        self._changed, self._deliveries, self._cancels = {}, False, []
+        return messages
 
     async def _publish_loop(self) -> None:
         while not self._stopping:
-            message = await self._outbox.get()
+            await self._wake.wait()
+            self._wake.clear()
+            self._publishing = True
             try:
-                await self._redis.publish(CHANNEL, message)
-            except (RedisError, OSError) as exc:
-                log.debug("publishing a job notice failed (waiters poll): %s", exc)
+                for channel, message in self._take_messages():
+                    try:
+                        await self._redis.publish(channel, message)
+                    except (RedisError, OSError) as exc:
+                        log.debug("publishing a job notice failed (waiters poll): %s", exc)
+            finally:
+                self._publishing = False
 
     async def _subscribe_loop(self) -> None:
         failures = 0
         while not self._stopping:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     self.subscribed.set()
                     failures = 0
                     async for message in pubsub.listen():

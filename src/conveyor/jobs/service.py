@@ -38,6 +38,7 @@ class ClaimedJob:
     on_interrupt: str
     attempts: int
     webhook_count: int = 0  # its finish writes this many webhook deliveries
+    running_event_written: bool = False  # the claim wrote its `running` state event (else the runner emits it)
 
 
 class JobService:
@@ -49,6 +50,8 @@ class JobService:
         self.max_pending = max_pending
         self.inline_max = inline_max
         self._claim_sql = q.claim_sql(db.dialect)
+        self._claim_one_sql = q.claim_one_sql(db.dialect)
+        self._claim_wrote_event = q.claim_writes_running_event(db.dialect)
         self._pending_seen = 0
         self._counted_at = float("-inf")
         self._submitted_since_count = 0
@@ -149,13 +152,20 @@ class JobService:
     async def claim(self, owner: str, limit: int, lease_ms: int) -> list[ClaimedJob]:
         """Takes up to `limit` pending jobs, oldest first within priority, leased to `owner`."""
         rows = await self.db.execute_returning(self._claim_sql, owner, q.now_ms(), lease_ms, limit)
-        return [_claimed(row) for row in rows]
+        return self._claimed(rows)
 
     async def claim_one(self, job_id: str, owner: str, lease_ms: int) -> ClaimedJob | None:
         """Takes the job `job_id` if it is pending, leased to `owner`; None when it is not (already taken, ended,
         or unknown): a task delivered twice runs its job once."""
-        rows = await self.db.execute_returning(q.CLAIM_ONE_SQL, owner, q.now_ms(), lease_ms, job_id)
-        return _claimed(rows[0]) if rows else None
+        rows = await self.db.execute_returning(self._claim_one_sql, owner, q.now_ms(), lease_ms, job_id)
+        claimed = self._claimed(rows)
+        return claimed[0] if claimed else None
+
+    def _claimed(self, rows: list[Row]) -> list[ClaimedJob]:
+        jobs = [_claimed(row, self._claim_wrote_event) for row in rows]
+        if jobs and self._claim_wrote_event:
+            self.notices.publish(job.id for job in jobs)  # their `running` events are in the store
+        return jobs
 
     async def count_stale_pending(self, older_than_ms: int) -> int:
         """How many jobs have been pending and untouched for `older_than_ms`."""
@@ -400,7 +410,7 @@ class JobService:
         return rows, total
 
 
-def _claimed(row: Row) -> ClaimedJob:
+def _claimed(row: Row, running_event_written: bool) -> ClaimedJob:
     # Spilled inputs are read back by the runner (`read_inputs`), so one unreadable job fails alone instead of
     # stranding the whole claimed batch.
     return ClaimedJob(
@@ -413,6 +423,7 @@ def _claimed(row: Row) -> ClaimedJob:
         on_interrupt=row["on_interrupt"],
         attempts=row["attempts"],
         webhook_count=row["webhook_count"],
+        running_event_written=running_event_written,
     )
 
 

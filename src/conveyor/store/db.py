@@ -468,8 +468,18 @@ class PostgresDatabase(Database):
         _settle(groups, results)
 
     async def _transaction(self, conn: Any, groups: list[_Group]) -> list[list[Any]]:
+        if len(groups) == 1 and _one_statement(groups[0].ops):
+            # One statement is atomic by itself (asyncpg's executemany too): BEGIN and COMMIT would be two more
+            # round trips, measured at ~110 µs of CPU per write between asyncpg and the backend.
+            return [[await self._run_op(conn, groups[0].ops[0])]]
         async with conn.transaction():
             return [await _run_group_async(group.ops, functools.partial(self._run_op, conn)) for group in groups]
+
+
+def _one_statement(ops: Sequence[Op]) -> bool:
+    """Whether a write is a single statement that needs no transaction around it. A lock op does (a transaction
+    lock taken alone would be released at once)."""
+    return len(ops) == 1 and ops[0].lock_key is None
 
 
 def _lock_order(group: _Group) -> tuple[int, str]:
