@@ -78,6 +78,23 @@ async def test_claim_one_takes_a_pending_job_once(jobs: JobService) -> None:
         assert events[-1]["node"] is None and events[-1]["at"] >= job["created_at"]
 
 
+async def test_a_finish_writes_its_events_in_order_after_the_move(jobs: JobService) -> None:
+    job = await submit(jobs)
+    await jobs.claim(OWNER, 1, 30_000)
+    node_events = [
+        (job["id"], kind, f"n{i}", orjson.dumps({"i": i}).decode(), 1000 + i)
+        for i, kind in enumerate(["started", "finished"] * 30)
+    ]
+    done = JobState.SUCCEEDED
+    ours = await jobs.finish(job["id"], OWNER, done, outputs={}, error=None, usage=None, events=node_events)
+    assert ours
+    events = await jobs.events(job["id"])
+    written = [(e["kind"], e["node"], orjson.loads(e["data"]).get("i")) for e in events if e["kind"] != "state"]
+    assert written == [(kind, node, i) for i, (_, kind, node, *_rest) in enumerate(node_events)]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert orjson.loads(events[-1]["data"]) == {"state": "succeeded"} and events[-1]["node"] is None
+
+
 async def test_a_finish_by_someone_who_lost_the_lease_changes_nothing(jobs: JobService) -> None:
     job = await submit(jobs)
     await jobs.claim(OWNER, 1, 30_000)

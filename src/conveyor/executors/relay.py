@@ -5,7 +5,9 @@ running the job; webhook deliveries a worker wrote wake the servers' dispatchers
 Two channels, so no process parses what it has no use for: job changes and "deliveries written" go to the
 servers (who hold the waiters and the dispatchers), cancel requests to the workers (who run the jobs). What a
 process publishes within one turn of its loop goes out merged, in one message per channel (two for changes:
-ended, and the rest): under load that is one message for many jobs, not one per write. Best effort by design: a
+ended, and the rest): under load that is one message for many jobs, not one per write. Ends, cancels and
+deliveries go out at once; mere progress (new events of a running job, for SSE streams) waits up to
+`PROGRESS_LINGER_S` for company, usually its job's end. Best effort by design: a
 notice lost while the broker restarts costs the waiter one poll interval, never a result (waiters poll as
 fallback, and read the store).
 """
@@ -33,6 +35,7 @@ MAX_MESSAGE_BYTES = 64 * 1024  # anything bigger on the channel is not ours: ign
 MAX_IDS = 1000  # job ids read from one message
 IDS_PER_MESSAGE = 500  # job ids sent in one message: job ids are 36 characters, so it stays far under 64 KB
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
+PROGRESS_LINGER_S = 0.01
 
 
 class RedisNoticeRelay:
@@ -52,7 +55,8 @@ class RedisNoticeRelay:
         self._changed: dict[str, bool] = {}
         self._deliveries = False
         self._cancels: list[str] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # something is queued
+        self._urgent = asyncio.Event()  # an end, a cancel or deliveries are queued: publish without lingering
         self._publishing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -100,17 +104,21 @@ class RedisNoticeRelay:
             elif len(changed) < MAX_QUEUED:
                 changed[job_id] = ended
         self._wake.set()
+        if ended:
+            self._urgent.set()
 
     def announce_deliveries(self) -> None:
         """This process wrote webhook deliveries but sends none (a worker): wake the servers' dispatchers."""
         self._deliveries = True
         self._wake.set()
+        self._urgent.set()
 
     def request_cancel(self, job_id: str) -> None:
         """Asks whichever process runs `job_id` to stop it now (the job's cancel flag is already stored)."""
         if len(self._cancels) < IDS_PER_MESSAGE:
             self._cancels.append(job_id)
         self._wake.set()
+        self._urgent.set()
 
     def _take_messages(self) -> list[tuple[str, bytes]]:
         """Everything queued, as (channel, message), and the queue emptied."""
@@ -131,7 +139,12 @@ class RedisNoticeRelay:
     async def _publish_loop(self) -> None:
         while not self._stopping:
             await self._wake.wait()
+            if not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PROGRESS_LINGER_S):
+                        await self._urgent.wait()
             self._wake.clear()
+            self._urgent.clear()
             self._publishing = True
             try:
                 for channel, message in self._take_messages():

@@ -8,6 +8,7 @@ the row to say why.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,7 @@ def active_for_key_sql(dialect: str) -> str:
     return f"SELECT COUNT(*) FROM {table} WHERE api_key_id = $1 AND state IN ('pending', 'running')"
 
 
+@functools.cache
 def insert_job_sql(dialect: str, *, bounded: bool, key_capped: bool) -> str:
     """The checked submit: the row goes in only while fewer than $14 jobs wait (`bounded`) and, for a capped
     API key, while the key ($12) has fewer than its cap ($14, or $15 after the queue bound) pending or running.
@@ -151,23 +153,35 @@ def insert_job_ops(
     args += (idempotency_key, timeout_s, on_interrupt, created_at, api_key_id, len(webhooks))
     capped = api_key_id is not None and key_cap is not None
     checked = max_pending is not None or capped
-    ops: list[Op] = []
     if checked:
         bounds = tuple(b for b in (max_pending, key_cap if capped else None) if b is not None)
-        sql = insert_job_sql(dialect, bounded=max_pending is not None, key_capped=capped)
-        ops.append(Op(sql, (*args, *bounds)))
+        sql, params = insert_job_sql(dialect, bounded=max_pending is not None, key_capped=capped), (*args, *bounds)
     else:
-        ops.append(Op(INSERT_JOB_UNBOUNDED, args))
+        sql, params = INSERT_JOB_UNBOUNDED, args
+    hooks = []
     if webhooks:
         rows = [(job_id, position, *hook) for position, hook in enumerate(webhooks)]
-        ops.append(Op(INSERT_JOB_WEBHOOK, rows, many=True, if_changed=True))
+        hooks.append(Op(INSERT_JOB_WEBHOOK, rows, many=True, if_changed=True))
+    if dialect == "postgresql":
+        # The row and its event in one statement: one round trip, and no transaction at all when it is alone.
+        return [Op(_with_pending_event(sql), params), *hooks]
     return [
-        *ops,
+        Op(sql, params),
+        *hooks,
         # Without a check or a key the job row is surely inserted, so its event needs no check.
         Op(INSERT_EVENT, (job_id, "state", None, PENDING_EVENT, created_at))
         if not checked and idempotency_key is None
         else Op(INSERT_STATE_EVENT_IF_JOB, (job_id, PENDING_EVENT, created_at)),
     ]
+
+
+@functools.cache
+def _with_pending_event(insert_job: str) -> str:
+    """A job insert and, only if the row went in, its `pending` event (PostgreSQL); counts the events written."""
+    return f"""
+WITH job AS ({insert_job.rstrip()} RETURNING id, created_at)
+INSERT INTO job_events (job_id, kind, node, data, at) SELECT id, 'state', NULL, '{PENDING_EVENT}', created_at FROM job
+"""
 
 
 _CLAIMED_COLUMNS = (
@@ -239,23 +253,45 @@ def finish_ops(
     usage: str | None,
     events: Sequence[tuple[Any, ...]],
     at: int,
+    dialect: str,
     webhook_count: int = 0,
 ) -> list[Op]:
     """The end of a run: terminal state, result, error and usage, the last node events and the state event, and
-    (only for a job with webhooks) its webhook deliveries, all written only if the move is allowed."""
-    ops = [
-        Op(
-            f"""UPDATE jobs SET state = $2, result = $3, error = $4, usage = $5, finished_at = $6, updated_at = $6,
-                lease_owner = NULL, lease_expires_at = NULL
-                WHERE id = $1 AND lease_owner = $7 AND state IN {sources_sql(state)}""",
-            (job_id, state.value, result, error, usage, at, owner),
-        )
-    ]
-    if events:
-        ops.append(moved_events(events))
+    (only for a job with webhooks) its webhook deliveries, all written only if the move is allowed. The first
+    op's result says whether it was."""
+    args = (job_id, state.value, result, error, usage, at, owner)
+    ops = []
+    if dialect == "postgresql":
+        # The move and its events in one statement: one round trip, and no transaction at all when it is alone.
+        columns = tuple(zip(*events, strict=True)) if events else ((),) * 5
+        ops.append(Op(_FINISH_WITH_EVENTS[state], (*args, *columns)))
+    else:
+        ops.append(Op(_FINISH[state], args))
+        if events:
+            ops.append(moved_events(events))
     if webhook_count:
         ops.append(deliveries_op(job_id, webhook_count, state.value, at))
     return ops
+
+
+_FINISH = {
+    state: f"""UPDATE jobs SET state = $2, result = $3, error = $4, usage = $5, finished_at = $6, updated_at = $6,
+        lease_owner = NULL, lease_expires_at = NULL
+        WHERE id = $1 AND lease_owner = $7 AND state IN {sources_sql(state)}"""
+    for state in JobState
+}
+# The events (job ids, kinds, nodes, data, times: $8-$12 as arrays) go in in their order, only if the job moved;
+# the statement's row count is the move's.
+_FINISH_WITH_EVENTS = {
+    state: f"""WITH finished AS ({sql} RETURNING id), moved AS (
+    INSERT INTO job_events (job_id, kind, node, data, at)
+    SELECT e.job_id, e.kind, e.node, e.data, e.at
+    FROM unnest(CAST($8 AS TEXT[]), CAST($9 AS TEXT[]), CAST($10 AS TEXT[]), CAST($11 AS TEXT[]), CAST($12 AS BIGINT[]))
+        WITH ORDINALITY AS e(job_id, kind, node, data, at, n)
+    WHERE EXISTS (SELECT 1 FROM finished) ORDER BY e.n)
+SELECT id FROM finished"""
+    for state, sql in _FINISH.items()
+}
 
 
 def state_event(job_id: str, state: JobState, at: int, extra: str = "") -> tuple[Any, ...]:

@@ -162,10 +162,9 @@ class JobService:
         return claimed[0] if claimed else None
 
     def _claimed(self, rows: list[Row]) -> list[ClaimedJob]:
-        jobs = [_claimed(row, self._claim_wrote_event) for row in rows]
-        if jobs and self._claim_wrote_event:
-            self.notices.publish(job.id for job in jobs)  # their `running` events are in the store
-        return jobs
+        # No notice for the `running` events a claim wrote: the first node's `started` follows within a tick or
+        # two, and its notice wakes the streams for both.
+        return [_claimed(row, self._claim_wrote_event) for row in rows]
 
     async def count_stale_pending(self, older_than_ms: int) -> int:
         """How many jobs have been pending and untouched for `older_than_ms`."""
@@ -228,6 +227,7 @@ class JobService:
                 usage=None if usage is None else dumps(usage).decode(),
                 events=all_events,
                 at=at,
+                dialect=self.db.dialect,
                 webhook_count=webhook_count,
             )
         )

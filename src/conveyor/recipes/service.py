@@ -15,13 +15,12 @@ from conveyor.store import recipes as store
 from conveyor.store.db import Database, Row
 
 GRAPH_CACHE_SIZE = 256
-_RESOLVE = "SELECT id, name, latest_revision, owner_id FROM recipes WHERE {by} = $1 AND deleted_at IS NULL"
-_RESOLVE_BY_ID = _RESOLVE.format(by="id")
-_RESOLVE_BY_NAME = _RESOLVE.format(by="name") + " ORDER BY updated_at DESC LIMIT 1"
+# A recipe by id, else the newest by name: one read for either (a client naming its recipe pays no miss first).
+_RESOLVE = """SELECT id, name, latest_revision, owner_id FROM recipes
+WHERE (id = $1 OR name = $1) AND deleted_at IS NULL{mine} ORDER BY id = $1 DESC, updated_at DESC LIMIT 1"""
+_RESOLVE_ANY = _RESOLVE.format(mine="")
 # A user sees shared recipes (no owner) and their own; see `store.recipes._visible`.
-_MINE = " AND (owner_id IS NULL OR owner_id = $2)"
-_RESOLVE_MINE_BY_ID = _RESOLVE_BY_ID + _MINE
-_RESOLVE_MINE_BY_NAME = _RESOLVE.format(by="name") + _MINE + " ORDER BY updated_at DESC LIMIT 1"
+_RESOLVE_MINE = _RESOLVE.format(mine=" AND (owner_id IS NULL OR owner_id = $2)")
 
 
 class RecipeService:
@@ -76,11 +75,9 @@ class RecipeService:
         the graph cache.
         """
         if viewer is None:
-            row = await self.db.fetch_one(_RESOLVE_BY_ID, ref) or await self.db.fetch_one(_RESOLVE_BY_NAME, ref)
+            row = await self.db.fetch_one(_RESOLVE_ANY, ref)
         else:
-            row = await self.db.fetch_one(_RESOLVE_MINE_BY_ID, ref, viewer) or await self.db.fetch_one(
-                _RESOLVE_MINE_BY_NAME, ref, viewer
-            )
+            row = await self.db.fetch_one(_RESOLVE_MINE, ref, viewer)
         if row is None:
             raise NotFoundError("recipe", ref)
         if revision is not None and not 1 <= revision <= row["latest_revision"]:

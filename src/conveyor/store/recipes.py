@@ -131,13 +131,10 @@ async def read_recipe(db: Database, recipe_id: str, *, viewer: str | None = None
 
 async def find_recipe(db: Database, ref: str, *, viewer: str | None = None) -> Row | None:
     """A live recipe by id, or else by exact name (the newest of that name), among those `viewer` sees."""
-    row = await read_recipe(db, ref, viewer=viewer)
-    if row is not None:
-        return row
     return await db.fetch_one(
         select(recipes)
-        .where(and_(recipes.c.name == ref, _visible(viewer)))
-        .order_by(recipes.c.updated_at.desc())
+        .where(and_(or_(recipes.c.id == ref, recipes.c.name == ref), _visible(viewer)))
+        .order_by((recipes.c.id == ref).desc(), recipes.c.updated_at.desc())
         .limit(1)
     )
 
