@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from conveyor.settings import Settings
+from conveyor.store.db import Database, open_database
 from conveyor.store.migrate import upgrade
 
 BACKENDS = ["sqlite", "postgres"]
@@ -91,6 +92,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return url
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A connected `Database` on `database_url` (each back end), closed after the test."""
+    database = open_database(database_url)
+    await database.connect()
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ from conveyor.jobs.service import JobService
 from conveyor.jobs.states import ALLOWED_FROM, TERMINAL, JobState, can_move
 from conveyor.settings import Settings
 from conveyor.store.blobs import LocalBlobStore
-from conveyor.store.db import Database, open_database
+from conveyor.store.db import Database
 from conveyor.store.files import FileService
 from conveyor.store.recipes import create_recipe
 
@@ -23,14 +22,10 @@ OWNER = "testhost:1:abc"
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = open_database(database_url)
-    await database.connect()
-    await create_recipe(database, name="r", body={"name": "r", "nodes": {}}, recipe_id="r1")
-    try:
-        yield database
-    finally:
-        await database.close()
+async def db(db: Database) -> Database:
+    """The store, with the recipe the jobs name."""
+    await create_recipe(db, name="r", body={"name": "r", "nodes": {}}, recipe_id="r1")
+    return db
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ name the caller sees; deleted recipes and other users' private ones are not foun
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from conveyor.blocks import default_registry
 from conveyor.errors import NotFoundError
 from conveyor.recipes.service import RecipeService
-from conveyor.store.db import Database, Op, open_database
+from conveyor.store.db import Database, Op
 from conveyor.store.recipes import create_recipe, delete_recipe, find_recipe
 
 BODY = {
@@ -21,16 +20,6 @@ BODY = {
         "out": {"block": "recipe_output", "inputs": {"text": "start.text"}},
     },
 }
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = open_database(database_url)
-    await database.connect()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def resolved(recipes: RecipeService, ref: str, viewer: str | None = None) -> str:

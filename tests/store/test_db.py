@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
 
-from conveyor.store.db import Database, Op, open_database
+from conveyor.store.db import Database, Op
 from conveyor.store.schema import users
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = open_database(database_url)
-    await database.connect()
-    try:
-        yield database
-    finally:
-        await database.close()
-
 
 INSERT_USER = "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3)"
 

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from conveyor.errors import ConflictError
 from conveyor.store import recipes as store
-from conveyor.store.db import Database, open_database
+from conveyor.store.db import Database
 
 BODY = {"name": "r", "nodes": {}}
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = open_database(database_url)
-    await database.connect()
-    yield database
-    await database.close()
 
 
 async def _staggered(ticks: int) -> None:
