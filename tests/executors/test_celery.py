@@ -217,3 +217,32 @@ async def test_a_webhook_of_a_job_a_worker_ended_is_delivered(served: Any, distr
             await asyncio.sleep(0.05)
         assert deliveries and deliveries[0]["state"] == "succeeded", deliveries
         assert len(receiver.seen) == 1
+
+
+def test_the_broker_channel_keeps_one_client_per_pool(fresh_broker: str) -> None:
+    """kombu would build a `redis.Redis` per publish and per ack (58 µs each); ours keeps one per connection pool,
+    and a new pool (kombu drops its pool after a fork or an error) gets a new client. Messages still go through."""
+    from conveyor.executors.celery import _Transport, celery_app
+
+    app = celery_app(Settings(celery={"broker_url": fresh_broker}))
+    assert app.conf.broker_transport is _Transport
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            first = channel._create_client()
+            assert channel._create_client() is first and first.connection_pool is channel.pool
+            with conn.SimpleQueue("conveyor-test-client") as queue:
+                for i in range(3):
+                    queue.put({"n": i})
+                got = [queue.get(timeout=5) for _ in range(3)]
+                for message in got:
+                    message.ack()
+            assert [m.payload for m in got] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            channel._disconnect_pools()
+            again = channel._create_client()
+            assert again is not first and again.connection_pool is channel.pool
+        tls = celery_app(Settings(celery={"broker_url": "rediss://127.0.0.1:1/0"}))
+        assert tls.conf.broker_transport is None  # kombu's own set-up for TLS
+        tls.close()
+    finally:
+        app.close()
