@@ -2,8 +2,8 @@
 
 Jobs are claimed with a lease (`owner` = host:pid:nonce) renewed while they run; on start and then every
 renewal the executor recovers jobs whose lease lapsed or whose owner process on this host is gone. Node
-events are buffered per tick and written in group commits; a trivial job's last events go in the same
-transaction as its result.
+events are buffered for `EVENT_FLUSH_DELAY_S` and written in group commits; a job that ends sooner writes its
+events in the same transaction as its result.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ log = logging.getLogger("conveyor.executor")
 
 GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
 FINISH_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
+# Node events wait this long to be written, with whatever every other job emitted meanwhile. A job that ends
+# sooner (most do) writes them with its result, in one statement; streams see progress at most this late.
+EVENT_FLUSH_DELAY_S = 0.02
 
 
 class LocalExecutor:
@@ -239,7 +242,7 @@ class LocalExecutor:
             buffer.append((job_id, kind, node or None, data, q.now_ms()))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._schedule_event_flush)
+                asyncio.get_running_loop().call_later(EVENT_FLUSH_DELAY_S, self._schedule_event_flush)
 
         return emit
 
