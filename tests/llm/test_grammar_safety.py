@@ -21,7 +21,8 @@ from conveyor.analytics.query import query_json_schema
 from conveyor.analytics.semantic import load_model
 from conveyor.errors import ValidationError
 from conveyor.llm.base import check_schema
-from conveyor.llm.local import LocalModel, bundled_model_path, grammar_schema, llama_available, pattern_is_safe
+from conveyor.llm.grammar import grammar_schema, pattern_is_safe
+from conveyor.llm.local import LocalModel, bundled_model_path, llama_available
 
 GGUF = bundled_model_path()
 needs_model = pytest.mark.skipif(
