@@ -1,18 +1,18 @@
-"""The `conveyor` command: serve, migrate, recipes, run."""
+"""The `conveyor` command: serve, worker, migrate, run, recipes, users, token, keys; `models` is `cli_models`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
 
+from conveyor.cli_models import models_app
+from conveyor.cli_support import check_secret, console, err_console, load_settings, print_error, with_runtime
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
@@ -23,16 +23,7 @@ users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-models_app = typer.Typer(help="Manage data models (connections, YAML, branches).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _settings(**overrides: Any) -> Settings:
-    values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
 
 
 @app.command()
@@ -40,7 +31,7 @@ def migrate() -> None:
     """Brings the database schema to the newest revision."""
     from conveyor.store.migrate import upgrade
 
-    settings = _settings()
+    settings = load_settings()
     upgrade(settings.database_url)
     console.print(f"database at {_redact(settings.database_url)} is up to date")
 
@@ -61,11 +52,11 @@ def serve(
 
     from conveyor.app import create_app
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
     if executor is not None:
         settings = _with_executor(settings, executor)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _check_secret(settings)
+    check_secret(settings)
     _migrate_in_child(settings.database_url)
     where = "Celery workers" if settings.executor.kind == "celery" else "this process"
     console.print(
@@ -85,7 +76,7 @@ def serve(
 
 def _with_executor(settings: Settings, kind: str) -> Settings:
     if kind not in ("local", "celery"):
-        _print_error(f"--executor must be local or celery, not {kind!r}")
+        print_error(f"--executor must be local or celery, not {kind!r}")
         raise typer.Exit(2)
     return settings.model_copy(update={"executor": settings.executor.model_copy(update={"kind": kind})})
 
@@ -105,13 +96,13 @@ def worker(
     """Runs jobs that `conveyor serve --executor celery` sends, from the broker in CONVEYOR_CELERY__BROKER_URL."""
     from conveyor.executors.celery import run_worker
 
-    settings = _settings()
+    settings = load_settings()
     settings = _with_executor(settings, "celery")
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
     if not chosen:
-        _print_error("--queues names no queue")
+        print_error("--queues names no queue")
         raise typer.Exit(2)
-    _check_secret(settings)
+    check_secret(settings)
     _migrate_in_child(settings.database_url)
     console.print(
         f"Conveyor worker taking jobs from {', '.join(chosen)} "
@@ -128,19 +119,8 @@ def _migrate_in_child(database_url: str) -> None:
     env = {**os.environ, "CONVEYOR_DATABASE__URL": database_url}
     done = subprocess.run([sys.executable, "-m", "conveyor", "migrate"], env=env, check=False)
     if done.returncode != 0:
-        _print_error("migrating the database failed; the server was not started")
+        print_error("migrating the database failed; the server was not started")
         raise typer.Exit(done.returncode)
-
-
-def _check_secret(settings: Settings) -> None:
-    """Stops with a clear message, not a traceback, when the JWT signing secret cannot be used."""
-    from conveyor.auth.secret import SecretConfigError, load_signing_secret
-
-    try:
-        load_signing_secret(settings.auth.jwt_secret.get_secret_value(), settings.data_dir)
-    except SecretConfigError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(2) from None
 
 
 def _redact(url: str) -> str:
@@ -148,36 +128,6 @@ def _redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
-
-
-def _with_runtime(work: Callable[[Any], Awaitable[T]]) -> T:
-    from conveyor.runtime import open_runtime
-    from conveyor.store.migrate import upgrade
-
-    settings = _settings()
-    _check_secret(settings)
-    upgrade(settings.database_url)
-
-    async def main() -> T:
-        async with open_runtime(settings, run_executor=False) as rt:
-            return await work(rt)
-
-    try:
-        return asyncio.run(main())
-    except ConveyorError as exc:
-        _print_error(exc.message, exc.details)
-        raise typer.Exit(1) from None
-
-
-def _print_error(message: str, details: Any = None) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
-    if isinstance(details, list):
-        for item in details:
-            if isinstance(item, dict):
-                where = item.get("node") or item.get("field") or ".".join(map(str, item.get("loc", []))) or "recipe"
-                if item.get("node") and item.get("name"):  # an Omnitool import names the node's block too
-                    where = f"{where} ({item['name']})"
-                err_console.print(f"  - {where}: {item.get('message')}")
 
 
 def _read_recipe_file(path: Path) -> Any:
@@ -217,7 +167,7 @@ def recipes_import(
                 row = await rt.recipes.create(data)
             console.print(f"{path}: {row['name']} ({row['id']}) revision {row['latest_revision']}")
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @recipes_app.command("list")
@@ -233,7 +183,7 @@ def recipes_list() -> None:
             table.add_row(row["id"], row["name"], str(row["latest_revision"]))
         console.print(table)
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @recipes_app.command("show")
@@ -245,7 +195,7 @@ def recipes_show(recipe: str) -> None:
         body = await rt.recipes.body(row["id"], row["latest_revision"])
         console.print_json(json.dumps({"id": row["id"], "revision": row["latest_revision"], **body}))
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @recipes_app.command("export")
@@ -256,7 +206,7 @@ def recipes_export(
 ) -> None:
     """Writes a recipe's newest revision as a native document (JSON, or YAML for a .yaml/.yml file) or Omnitool JSON."""
     if export_format not in ("native", "omnitool"):
-        _print_error(f"--format must be native or omnitool, not {export_format!r}")
+        print_error(f"--format must be native or omnitool, not {export_format!r}")
         raise typer.Exit(2)
 
     async def work(rt: Any) -> str:
@@ -272,7 +222,7 @@ def recipes_export(
             return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
-    text = _with_runtime(work)
+    text = with_runtime(work)
     if output is None:
         import sys
 
@@ -296,7 +246,7 @@ def recipes_validate(files: list[Path] = typer.Argument(..., exists=True, dir_ok
             console.print(f"{path}: valid")
         except ConveyorError as exc:
             failed = True
-            _print_error(f"{path}: {exc.message}", exc.details)
+            print_error(f"{path}: {exc.message}", exc.details)
     if failed:
         raise typer.Exit(1)
 
@@ -314,17 +264,17 @@ def run(
     """Submits a job to a running server, shows node progress live, and prints the outputs."""
     from conveyor.run_client import run_recipe
 
-    settings = _settings()
+    settings = load_settings()
     url = server or os.environ.get("CONVEYOR_URL") or f"http://{settings.host}:{settings.port}"
     if not token:
         token = _local_token(settings, timeout)
     try:
         ok = asyncio.run(run_recipe(url, recipe, inputs, token=token, timeout_s=timeout, console=console))
     except httpx.HTTPError as exc:
-        _print_error(f"cannot reach the server at {url}: {exc}")
+        print_error(f"cannot reach the server at {url}: {exc}")
         raise typer.Exit(2) from None
     except ConveyorError as exc:
-        _print_error(exc.message, exc.details)
+        print_error(exc.message, exc.details)
         raise typer.Exit(1) from None
     if not ok:
         raise typer.Exit(1)
@@ -340,7 +290,7 @@ def _local_token(settings: Settings, timeout_s: float) -> str:
         issued = await rt.auth.issue_token(admin, [make_scope("exec", "Workflow")], ttl_ms)
         return str(issued.token)
 
-    return _with_runtime(work)
+    return with_runtime(work)
 
 
 @users_app.command("create")
@@ -360,7 +310,7 @@ def users_create(
         row = await rt.auth.create_user(name, password=password, is_admin=admin, email=email, org=org)
         console.print(f"created user {row['name']} ({row['id']})")
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @users_app.command("list")
@@ -377,19 +327,19 @@ def users_list() -> None:
             )  # fmt: skip
         console.print(table)
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @users_app.command("disable")
 def users_disable(user: str = typer.Argument(..., help="User name or id.")) -> None:
     """Disables a user: every token of theirs stops working at once."""
-    _with_runtime(lambda rt: _set_disabled(rt, user, True))
+    with_runtime(lambda rt: _set_disabled(rt, user, True))
 
 
 @users_app.command("enable")
 def users_enable(user: str = typer.Argument(..., help="User name or id.")) -> None:
     """Enables a disabled user again."""
-    _with_runtime(lambda rt: _set_disabled(rt, user, False))
+    with_runtime(lambda rt: _set_disabled(rt, user, False))
 
 
 async def _set_disabled(rt: Any, user: str, disabled: bool) -> None:
@@ -410,12 +360,12 @@ def token(
     `conveyor token revoke <tokenId>` revokes one.
     """
     if action == "revoke":
-        _with_runtime(lambda rt: _revoke(rt, subject))
+        with_runtime(lambda rt: _revoke(rt, subject))
         return
     if expires_in is None:
-        _print_error("expires_in (milliseconds) is required, e.g. `conveyor token exec Workflow 3600000`")
+        print_error("expires_in (milliseconds) is required, e.g. `conveyor token exec Workflow 3600000`")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = load_settings()
 
     async def work(rt: Any) -> None:
         from conveyor.auth.tokens import make_scope
@@ -425,7 +375,7 @@ def token(
         err_console.print(f"tokenId {issued.token_id} for {issuer['name']}, expires at {issued.expires_at_ms} ms")
         print(issued.token)  # alone on the last line, for scripts
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 async def _revoke(rt: Any, token_id: str) -> None:
@@ -441,7 +391,7 @@ def keys_create(
     user: str | None = typer.Option(None, "--user", help="Owning user (default: the admin)."),
 ) -> None:
     """Creates an API key: prints the key alone on the last line, its webhook secret on standard error."""
-    settings = _settings()
+    settings = load_settings()
 
     async def work(rt: Any) -> None:
         owner = await rt.auth.get_user(user or settings.auth.admin_name)
@@ -453,7 +403,7 @@ def keys_create(
         err_console.print(created.webhook_secret, highlight=False)
         print(created.key)  # alone on the last line, for scripts; never shown again
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @keys_app.command("list")
@@ -468,7 +418,7 @@ def keys_list(user: str | None = typer.Option(None, "--user", help="Only this us
             fields = (row["id"], row["kind"], row["name"], row["prefix"], row["user_id"], row["recipe_id"] or "")
             print("\t".join((*fields, "revoked" if row["revoked_at"] else "")))
 
-    _with_runtime(work)
+    with_runtime(work)
 
 
 @keys_app.command("revoke")
@@ -479,137 +429,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id.")) -> None
         await rt.auth.keys.revoke(key_id, user_id=None)
         console.print(f"revoked key {key_id}")
 
-    _with_runtime(work)
-
-
-def _model_service(rt: Any) -> Any:
-    from conveyor.analytics.store import ModelService
-
-    return ModelService(rt.db, check_timeout_s=rt.settings.analytics.check_timeout_s)
-
-
-def _read_model_dir(directory: Path) -> dict[str, str]:
-    """A model's YAML files from a directory: `model`, `*.view` and `*.topic` (other files are left alone)."""
-    files = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and (path.name == "model" or path.suffix in (".view", ".topic")):
-            files[path.name] = path.read_text(encoding="utf-8")
-    return files
-
-
-@models_app.command("add")
-def models_add(
-    name: str = typer.Option(..., "--name", help="The model's name; its connection gets the same name."),
-    duckdb: Path | None = typer.Option(None, "--duckdb", help="A DuckDB database file (opened read-only)."),
-    sqlite: Path | None = typer.Option(None, "--sqlite", help="A SQLite database file (opened read-only)."),
-    postgres: str | None = typer.Option(
-        None, "--postgres", help="A PostgreSQL URL, or `-` to read it from standard input (keeps a password out of ps)."
-    ),
-    yaml_dir: Path | None = typer.Option(
-        None, "--yaml-dir", exists=True, file_okay=False, help="A directory of `model`, `*.view`, `*.topic` files."
-    ),
-) -> None:
-    """Registers a database as a connection and makes a model on it (operator only: HTTP cannot add connections)."""
-    import sys
-
-    targets = [
-        (kind, value) for kind, value in (("duckdb", duckdb), ("sqlite", sqlite), ("postgres", postgres)) if value
-    ]
-    if len(targets) != 1:
-        _print_error("give exactly one of --duckdb PATH, --sqlite PATH, --postgres URL")
-        raise typer.Exit(2)
-    kind, value = targets[0]
-    target = sys.stdin.readline().strip() if value == "-" else str(value)
-    files = _read_model_dir(yaml_dir) if yaml_dir is not None else {}
-
-    async def work(rt: Any) -> None:
-        row = await _model_service(rt).add_model(name, kind, target, files=files)
-        console.print(f"model {row['name']} on a {kind} connection of that name, with {len(files)} files")
-        print(row["id"])  # alone on the last line, for scripts
-
-    _with_runtime(work)
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """Lists the models with their connection (name and kind, never its target), version and branches."""
-    from rich.table import Table
-
-    async def work(rt: Any) -> None:
-        models = _model_service(rt)
-        connections = {row["id"]: row for row in await models.connections()}
-        page = await models.list_models(filters={"modelKind": "SHARED"}, page_size=100)
-        branches = await models.branches([row["id"] for row in page.rows])
-        table = Table()
-        for column in ("name", "connection", "version", "branches"):
-            table.add_column(column, overflow="fold")  # folded, never cut: names and ids are what one copies
-        table.add_column("id", no_wrap=True, min_width=36)
-        for row in page.rows:
-            connection = connections.get(row["connection_id"])
-            where = f"{connection['name']} ({connection['kind']})" if connection else "?"
-            names = ", ".join(b["name"] for b in branches[row["id"]])
-            table.add_row(row["name"], where, str(row["version"]), names, row["id"])
-        console.print(table)
-
-    _with_runtime(work)
-
-
-@models_app.command("validate")
-def models_validate(
-    model: str = typer.Argument(..., help="Model id or name."),
-    branch: str | None = typer.Option(None, "--branch", help="Validate this branch (name) of the model."),
-    database: bool = typer.Option(True, "--database/--no-database", help="Also check tables and columns."),
-) -> None:
-    """Lists every problem of a model (its YAML, and its tables and columns in the database); exits 1 on errors."""
-
-    async def work(rt: Any) -> bool:
-        models = _model_service(rt)
-        row = await models.find_model(model)
-        branch_id = (await models.branch_by_name(row["id"], branch))["id"] if branch else None
-        problems = await models.validate(row["id"], branch_id, check_database=database)
-        for problem in problems:
-            place = ".".join(p for p in (problem.view, problem.field) if p) or problem.file or "model"
-            colour = "red" if problem.severity == "error" else "yellow"
-            console.print(f"[{colour}]{problem.severity}[/{colour}] {place}: {problem.message}", highlight=False)
-        errors = sum(problem.severity == "error" for problem in problems)
-        console.print(f"{row['name']}: {'valid' if not errors else f'{errors} errors'}, {len(problems)} problems")
-        return bool(errors == 0)
-
-    if not _with_runtime(work):
-        raise typer.Exit(1)
-
-
-@models_app.command("branch")
-def models_branch(
-    model: str = typer.Argument(..., help="Model id or name."),
-    name: str | None = typer.Argument(None, help="Branch name: created unless --delete or --merge (none: list)."),
-    delete: bool = typer.Option(False, "--delete", help="Delete the branch."),
-    merge: bool = typer.Option(False, "--merge", help="Apply the branch to the model, then delete it."),
-) -> None:
-    """Lists a model's branches, or creates, deletes or merges one."""
-    if ((delete or merge) and name is None) or (delete and merge):
-        _print_error("--delete and --merge each need a branch name, and not both at once")
-        raise typer.Exit(2)
-
-    async def work(rt: Any) -> None:
-        models = _model_service(rt)
-        row = await models.find_model(model)
-        if name is None:
-            print("id\tname\tversion")  # plain lines: ids must not be cut to fit a terminal
-            for branch in (await models.branches([row["id"]]))[row["id"]]:
-                print(f"{branch['id']}\t{branch['name']}\t{branch['version']}")
-        elif delete:
-            await models.delete_branch(row["id"], name)
-            console.print(f"deleted branch {name} of {row['name']}")
-        elif merge:
-            version = await models.merge_branch(row["id"], name)
-            console.print(f"merged branch {name} into {row['name']} (version {version})")
-        else:
-            branch = await models.create_branch(row["id"], name)
-            console.print(f"created branch {name} of {row['name']}")
-            print(branch["id"])  # alone on the last line, for scripts
-
-    _with_runtime(work)
+    with_runtime(work)
 
 
 def main() -> None:

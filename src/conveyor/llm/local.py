@@ -6,9 +6,9 @@ context is not reentrant) in a worker thread, so the event loop never waits for 
 streamed inside that thread so a caller that stops (a cancelled job, a closed stream) stops it at the next token.
 
 Structured output is constrained by llama.cpp's grammar built from the JSON schema (only for schemas inside the
-allow-list of `llm.grammar.grammar_schema`: llama.cpp's converter and parser crash on hostile input), then validated anyway and
-sent back with the problem at most `max_repairs` times (a grammar cannot express every schema keyword, and
-`max_tokens` may cut an answer short). Tokens are counted from llama's context; they cost nothing.
+allow-list of `llm.grammar.grammar_schema`: llama.cpp's converter and parser crash on hostile input), then
+validated anyway and sent back with the problem at most `max_repairs` times (a grammar cannot express every schema
+keyword, and `max_tokens` may cut an answer short). Tokens are counted from llama's context; they cost nothing.
 """
 
 from __future__ import annotations
