@@ -68,7 +68,7 @@ class _Channel(kombu_redis.Channel):
 
 
 class _Transport(kombu_redis.Transport):
-    """kombu's Redis transport (for `redis://` and `rediss://` brokers) with `_Channel`."""
+    """kombu's Redis transport with `_Channel`, for `redis://` brokers (`celery_app` leaves the others to kombu)."""
 
     Channel = _Channel
 

@@ -30,7 +30,8 @@ log = logging.getLogger("conveyor.executor")
 GraphSource = Callable[[str, int], Awaitable[RecipeGraph]]
 FINISH_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 # Node events wait this long to be written, with whatever every other job emitted meanwhile. A job that ends
-# sooner (most do) writes them with its result, in one statement; streams see progress at most this late.
+# sooner (most do) writes them with its result, in one statement. A `finished` event of a job that resumes after
+# a crash is written at once instead: a resumed run skips the nodes whose `finished` is in the store.
 EVENT_FLUSH_DELAY_S = 0.02
 
 
@@ -72,7 +73,8 @@ class LocalExecutor:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._events: dict[str, list[tuple[Any, ...]]] = {}
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None  # the next write of buffered events
+        self._flush_soon = False  # whether that write is due at once rather than after EVENT_FLUSH_DELAY_S
         self._event_writes: set[asyncio.Task[None]] = set()
         self._last_write: asyncio.Task[None] | None = None
         self._job_last_write: dict[str, asyncio.Task[None]] = {}
@@ -235,19 +237,31 @@ class LocalExecutor:
                 self._lost.add(job_id)
                 task.cancel()
 
-    def _emit_for(self, job_id: str) -> Callable[[str, str, dict[str, Any]], None]:
+    def _emit_for(self, job: ClaimedJob) -> Callable[[str, str, dict[str, Any]], None]:
+        job_id = job.id
         buffer = self._events.setdefault(job_id, [])
+        resumes = job.on_interrupt == "resume"
 
         def emit(kind: str, node: str, data: dict[str, Any]) -> None:
             buffer.append((job_id, kind, node or None, data, q.now_ms()))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_later(EVENT_FLUSH_DELAY_S, self._schedule_event_flush)
+            self._request_flush(soon=resumes and kind == "finished")
 
         return emit
 
+    def _request_flush(self, *, soon: bool) -> None:
+        if self._flush_handle is not None:
+            if not soon or self._flush_soon:
+                return
+            self._flush_handle.cancel()  # a delayed write becomes an immediate one
+        loop = asyncio.get_running_loop()
+        self._flush_soon = soon
+        if soon:
+            self._flush_handle = loop.call_soon(self._schedule_event_flush)
+        else:
+            self._flush_handle = loop.call_later(EVENT_FLUSH_DELAY_S, self._schedule_event_flush)
+
     def _schedule_event_flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_handle = None
         batch: list[tuple[Any, ...]] = []
         jobs_in_batch = []
         for job_id, buffer in self._events.items():
@@ -303,7 +317,7 @@ class LocalExecutor:
         return [await self._encode_event(event) for event in buffer]
 
     async def _run(self, job: ClaimedJob) -> None:
-        emit = self._emit_for(job.id)
+        emit = self._emit_for(job)
         if not job.running_event_written:
             emit("state", "", {"state": "running", "attempt": job.attempts})
         usage = UsageMeter()

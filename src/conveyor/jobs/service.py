@@ -162,9 +162,12 @@ class JobService:
         return claimed[0] if claimed else None
 
     def _claimed(self, rows: list[Row]) -> list[ClaimedJob]:
-        # No notice for the `running` events a claim wrote: the first node's `started` follows within a tick or
-        # two, and its notice wakes the streams for both.
-        return [_claimed(row, self._claim_wrote_event) for row in rows]
+        jobs = [_claimed(row, self._claim_wrote_event) for row in rows]
+        if jobs and self._claim_wrote_event:
+            # Their `running` events are in the store: wake the streams. Cheap: the relay merges a turn's notices,
+            # and a short job's ends up in the message of its end.
+            self.notices.publish(job.id for job in jobs)
+        return jobs
 
     async def count_stale_pending(self, older_than_ms: int) -> int:
         """How many jobs have been pending and untouched for `older_than_ms`."""
