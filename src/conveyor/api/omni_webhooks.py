@@ -11,8 +11,10 @@ dispatcher never retries `progress.*` events). Signing: `webhooks.signing.OmniSi
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -106,18 +108,29 @@ def register_dialect(dialects: WebhookDialects, settings: Settings) -> SecretBox
 
 class ProgressRelay:
     """Turns the `progress` events of AI jobs with progress webhooks into one-shot outbox rows (see the module
-    docstring). Polls new events after the newest one seen at start; each row's id is derived from the job and
-    event, so several processes write it once."""
+    docstring). Polls the progress events after the newest one seen at start; each row's id is derived from the
+    job and event, so several processes write it once.
+
+    Event ids come from a sequence when the row is written, not when it commits: on PostgreSQL an event with a
+    smaller id may commit after one with a larger id was read. So each poll reads again the progress events of
+    the last `LOOKBACK_S` seconds (a partial index holds only progress events, so that costs little) and relays
+    those it has not relayed yet.
+    """
+
+    LOOKBACK_S = 10.0  # far above any transaction writing events (one statement, or a group commit)
+    PAGE = 100
 
     def __init__(self, db: Database, notify: Callable[[], None], *, poll_s: float = 0.25) -> None:
         self.db = db
         self.notify = notify
         self.poll_s = poll_s
-        self.after = 0
+        self.after = 0  # progress events up to this id were read long enough ago: never read again
+        self._seen: collections.deque[tuple[float, int]] = collections.deque()  # (when, newest id read then)
+        self._relayed: set[int] = set()  # ids above `after` already relayed
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.after = int(await self.db.fetch_val("SELECT COALESCE(MAX(id), 0) FROM job_events"))
+        self.after = int(await self.db.fetch_val(_NEWEST_PROGRESS))
         self._task = asyncio.create_task(self._run(), name="omni-progress-relay")
 
     async def stop(self) -> None:
@@ -136,33 +149,47 @@ class ProgressRelay:
                 await asyncio.sleep(self.poll_s)
 
     async def relay_once(self) -> int:
-        # Each event is looked at once: `after` moves up to the newest event seen even when none of them was an AI
-        # job's progress. (Before, it stayed put, and every poll scanned all events since the start again.)
-        top = int(await self.db.fetch_val("SELECT COALESCE(MAX(id), 0) FROM job_events"))
-        if top <= self.after:
-            return 0
-        rows = await self.db.fetch_all(
-            "SELECT e.id, e.job_id FROM job_events e JOIN ai_jobs a ON a.id = e.job_id"
-            " WHERE e.id > $1 AND e.id <= $2 AND e.kind = 'progress' AND a.progress_webhook = 1"
-            " ORDER BY e.id LIMIT 100",
-            self.after,
-            top,
-        )
-        if len(rows) < 100:
-            self.after = top  # nothing more up to `top`; a full page moves `after` row by row below
-        for row in rows:
-            event = f"progress.{row['id']}"
-            delivery = "msg_" + hashlib.sha256(f"{row['job_id']}/{event}".encode()).hexdigest()[:32]
-            at = now_ms()
-            await self.db.execute(
-                "INSERT INTO webhook_deliveries (id, job_id, position, event, state, attempts, next_attempt_at,"
-                " created_at, updated_at) VALUES ($1, $2, 0, $3, 'pending', 0, $4, $4, $4) ON CONFLICT (id) DO NOTHING",
-                delivery,
-                row["job_id"],
-                event,
-                at,
-            )
-            self.after = max(self.after, int(row["id"]))
-        if rows:
+        """Relays the progress events not relayed yet among those after `after`; how many it relayed."""
+        now = time.monotonic()
+        while self._seen and self._seen[0][0] <= now - self.LOOKBACK_S:
+            _, newest = self._seen.popleft()
+            self.after = max(self.after, newest)
+        self._relayed = {event_id for event_id in self._relayed if event_id > self.after}
+        cursor, newest, relayed = self.after, self.after, 0
+        for _page in range(1000):  # bounded: 100,000 progress events in the look-back window
+            rows = await self.db.fetch_all(_PROGRESS_AFTER, cursor, self.PAGE)
+            for row in rows:
+                event_id = int(row["id"])
+                cursor = newest = max(newest, event_id)
+                if row["progress_webhook"] != 1 or event_id in self._relayed:
+                    continue
+                await self._write(row["job_id"], event_id)
+                self._relayed.add(event_id)
+                relayed += 1
+            if len(rows) < self.PAGE:
+                break
+        self._seen.append((now, newest))
+        if relayed:
             self.notify()
-        return len(rows)
+        return relayed
+
+    async def _write(self, job_id: str, event_id: int) -> None:
+        event = f"progress.{event_id}"
+        delivery = "msg_" + hashlib.sha256(f"{job_id}/{event}".encode()).hexdigest()[:32]
+        at = now_ms()
+        await self.db.execute(
+            "INSERT INTO webhook_deliveries (id, job_id, position, event, state, attempts, next_attempt_at,"
+            " created_at, updated_at) VALUES ($1, $2, 0, $3, 'pending', 0, $4, $4, $4) ON CONFLICT (id) DO NOTHING",
+            delivery,
+            job_id,
+            event,
+            at,
+        )
+
+
+# On the partial index of progress events; the join keeps AI jobs' (a progress event of another job has none).
+_NEWEST_PROGRESS = "SELECT COALESCE(MAX(id), 0) FROM job_events WHERE kind = 'progress'"
+_PROGRESS_AFTER = (
+    "SELECT e.id, e.job_id, a.progress_webhook FROM job_events e JOIN ai_jobs a ON a.id = e.job_id"
+    " WHERE e.kind = 'progress' AND e.id > $1 ORDER BY e.id LIMIT $2"
+)

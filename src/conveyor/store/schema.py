@@ -132,6 +132,13 @@ job_events = Table(
     Column("at", BigInteger, nullable=False),
 )
 Index("ix_job_events_job", job_events.c.job_id, job_events.c.id)
+# The Omni progress relay re-reads recent `progress` events (see `api.omni_webhooks.ProgressRelay`): only those.
+Index(
+    "ix_job_events_progress",
+    job_events.c.id,
+    sqlite_where=text("kind = 'progress'"),
+    postgresql_where=text("kind = 'progress'"),
+)
 
 files = Table(
     "files",
