@@ -117,3 +117,36 @@ async def test_notices_of_one_loop_turn_go_out_as_one_message(relays: Relays, fr
         (NOTICES_CHANNEL, False, None): changed,
         (NOTICES_CHANNEL, None, True): set(),
     }
+
+
+async def test_a_broker_that_never_answers_does_not_stall_publishing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-open broker connection (here: a listener that reads and never answers) fails each publish within
+    `PUBLISH_TIMEOUT_S`; later notices are still taken and tried, instead of waiting behind the first for ever."""
+    from conveyor.executors import relay as relay_module
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.read(4096):
+                pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(relay_module, "PUBLISH_TIMEOUT_S", 0.2)
+    relay = RedisNoticeRelay(f"redis://127.0.0.1:{port}/0", JobNotices(), runs_jobs=True)
+    await relay.start()
+    try:
+        relay.notices.publish(["first"], ended=True)
+        await asyncio.sleep(0.05)
+        assert relay._publishing  # stuck on the silent broker
+        relay.notices.publish(["second"], ended=True)
+        for _ in range(100):  # bounded: 5 s; the first publish gives up after 0.2 s, the second after 0.2 s more
+            if not relay._publishing and not relay._has_queued():
+                break
+            await asyncio.sleep(0.05)
+        assert not relay._publishing and not relay._has_queued()
+    finally:
+        await relay.stop()
+        server.close()
+        await server.wait_closed()

@@ -36,6 +36,7 @@ MAX_IDS = 1000  # job ids read from one message
 IDS_PER_MESSAGE = 500  # job ids sent in one message: job ids are 36 characters, so it stays far under 64 KB
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 PROGRESS_LINGER_S = 0.01
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class RedisNoticeRelay:
@@ -46,10 +47,15 @@ class RedisNoticeRelay:
         self.notices = notices
         self.origin = secrets.token_hex(8)
         self.channel = CANCELS_CHANNEL if runs_jobs else NOTICES_CHANNEL
-        # No read timeout (a subscription waits for ever), but keepalive and health checks find a half-open
-        # connection, so the subscriber reconnects.
+        # The subscriber has no read timeout (a subscription waits for ever), but keepalive and health checks find
+        # a half-open connection, so it reconnects. Publishing has a client of its own with a timeout: a publish
+        # on a half-open connection fails within seconds (the notices are dropped; waiters poll) instead of
+        # stalling every later notice.
         self._redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=None, socket_keepalive=True, health_check_interval=15
+        )
+        self._publisher = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=PUBLISH_TIMEOUT_S, socket_keepalive=True
         )
         # What waits to be published: job id -> whether it ended; deliveries written; cancel requests.
         self._changed: dict[str, bool] = {}
@@ -86,9 +92,10 @@ class RedisNoticeRelay:
             task.cancel()
         # Bounded: a client library that turns a cancellation into a connection error must not hold us here.
         await asyncio.wait(self._tasks, timeout=3.0)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(3.0):
-                await self._redis.aclose()
+        for client in (self._publisher, self._redis):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(3.0):
+                    await client.aclose()
         # redis-py closes a pub/sub connection without waiting for its transport (`nowait`, against a deadlock
         # with a reader): let the loop finish that, so a loop closed right after us leaves no socket open.
         await asyncio.sleep(0.05)
@@ -149,7 +156,7 @@ class RedisNoticeRelay:
             try:
                 for channel, message in self._take_messages():
                     try:
-                        await self._redis.publish(channel, message)
+                        await self._publisher.publish(channel, message)
                     except (RedisError, OSError) as exc:
                         log.debug("publishing a job notice failed (waiters poll): %s", exc)
             finally:
