@@ -16,12 +16,8 @@ import orjson
 import pytest
 from tests.llm.scripted_openai import MODEL, ScriptedOpenAI, completion, failure
 
-from conveyor.analytics.ask import (
-    AnswerFailedError,
-    ask,
-    generate_query,
-    pick_topic,
-)
+from conveyor.analytics.ask import ask, generate_query, pick_topic
+from conveyor.analytics.attempts import AnswerFailedError
 from conveyor.analytics.connect import ConnectionSpec, duckdb_read_only
 from conveyor.analytics.demo import build_demo_database, demo_model_files
 from conveyor.analytics.hints import field_relevance, resolve_hints

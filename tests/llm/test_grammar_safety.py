@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from conveyor.analytics.ask import SQL_SCHEMA
+from conveyor.analytics.attempts import SQL_SCHEMA
 from conveyor.analytics.demo import demo_model_files
 from conveyor.analytics.query import query_json_schema
 from conveyor.analytics.semantic import load_model

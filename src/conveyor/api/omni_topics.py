@@ -93,7 +93,8 @@ async def pick_topic_route(request: Request) -> Response:
 async def generate_query_route(request: Request) -> Response:
     rt, body, resolved = await _topic_call(request, AiGenerateQueryBody)
     assert rt.llm is not None
-    from conveyor.analytics.ask import AnswerFailedError, generate_query  # loaded on first use, not at start
+    from conveyor.analytics.ask import generate_query  # loaded on first use, not at start
+    from conveyor.analytics.attempts import AnswerFailedError
 
     topic = body.current_topic_name
     if topic is not None and topic not in resolved.semantic.topics:
