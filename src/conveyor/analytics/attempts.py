@@ -205,6 +205,12 @@ class _Attempt:
     def _name(self, query: dict[str, Any]) -> str:
         return query_name(query.get("fields") or [], self.fields, query.get("time_grain"))
 
+    def topic_notes(self) -> list[str]:
+        """The topic's description and the AI context of the topic and model, for a system prompt."""
+        lines = [f"Topic: {self.topic.description}"] if self.topic.description else []
+        lines += [f"Notes: {context}" for context in (self.topic.ai_context, self.model.semantic.ai_context) if context]
+        return lines
+
 
 class SemanticAttempt(_Attempt):
     """The model fills a structured query; code merges its hints and compiles it through the semantic layer."""
@@ -212,7 +218,6 @@ class SemanticAttempt(_Attempt):
     kind = "structured query"
 
     def system_prompt(self, today: dt.date) -> str:
-        semantic = self.model.semantic
         lines = [
             f"You write one query over the data topic {self.topic.name!r}"
             + (f" ({self.topic.label})" if self.topic.label else "")
@@ -222,11 +227,7 @@ class SemanticAttempt(_Attempt):
             "YYYY-MM-DD); `sorts` order by fields; `limit` caps rows; `time_grain` groups date fields.",
             f"Today is {today.isoformat()}.",
         ]
-        if self.topic.description:
-            lines.append(f"Topic: {self.topic.description}")
-        for context in (self.topic.ai_context, semantic.ai_context):
-            if context:
-                lines.append(f"Notes: {context}")
+        lines += self.topic_notes()
         ranked = sorted(self.fields, key=lambda key: -self.hints.relevance.get(key, 0))
         lines += ["", "Fields:", *(_field_line(key, self.fields[key]) for key in ranked)]
         hint_lines = self.hints.lines()
@@ -267,11 +268,7 @@ class SqlAttempt(_Attempt):
             'Answer with JSON only: {"sql": "<the statement>"}. Use only the tables below; no other statements.',
             f"Today is {today.isoformat()}.",
         ]
-        if self.topic.description:
-            lines.append(f"Topic: {self.topic.description}")
-        for context in (self.topic.ai_context, semantic.ai_context):
-            if context:
-                lines.append(f"Notes: {context}")
+        lines += self.topic_notes()
         lines += ["", "Tables (alias: table) and their fields as SQL over the table's columns:"]
         for view_name in self.topic.view_names():
             view = semantic.views.get(view_name)
