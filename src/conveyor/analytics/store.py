@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 import uuid
 from collections import OrderedDict
@@ -24,25 +23,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from conveyor.analytics.checks import (
+    branch_name,
+    check_file_name,
+    checked_yaml,
+    connection_target,
+    model_name,
+    no_nul,
+)
 from conveyor.analytics.connect import ConnectionSpec, check_against_database
-from conveyor.analytics.semantic import MAX_FILE_BYTES, MAX_FILES, MODEL_FILE, NAME_RE, Problem, SemanticModel
+from conveyor.analytics.semantic import MAX_FILES, Problem, SemanticModel
 from conveyor.analytics.semantic import load_model as parse_model
-from conveyor.errors import BadRequestError, ConflictError, NotFoundError, PayloadTooLargeError
+from conveyor.errors import BadRequestError, ConflictError, NotFoundError
 from conveyor.store.db import Database, Op, Row
 from conveyor.store.recipes import is_unique_violation
 
 SHARED = "SHARED"
 BRANCH = "BRANCH"
-CONNECTION_KINDS = ("duckdb", "sqlite", "postgres")
-MAX_MODEL_NAME = 200
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 1_000_000
 MAX_WRITE_ATTEMPTS = 5  # version races without a `previousChecksum` are retried, not shown to the client
 CACHE_SIZE = 64
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_BRANCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,199}$")
 SORT_COLUMNS = {
     "name": "name",
     "modelKind": "kind",
@@ -164,7 +165,7 @@ class ModelService:
         name, 400 on a bad file); the model's row."""
         connection = _connection_row(name, kind, target)
         model_id = str(uuid.uuid4())
-        ops = model_ops(model_id, _model_name(name, "model"), connection["id"], files or {}, None, now_ms())
+        ops = model_ops(model_id, model_name(name, "model"), connection["id"], files or {}, None, now_ms())
         try:
             await self.db.write(_insert_connection(connection), *ops)
         except Exception as exc:
@@ -182,7 +183,7 @@ class ModelService:
         """A connection by id or name (404 otherwise)."""
         row = await self.db.fetch_one(
             "SELECT id, name, kind, target, created_at FROM analytics_connections WHERE id = $1 OR name = $1",
-            _no_nul(ref, "connection"),
+            no_nul(ref, "connection"),
         )
         if row is None:
             raise NotFoundError("connection", ref)
@@ -194,7 +195,7 @@ class ModelService:
         self, name: str, connection_id: str, *, files: Mapping[str, str] | None = None, created_by: str | None = None
     ) -> Row:
         """A shared model on a connection, with its first files (checked as a YAML write is); 409 on a taken name."""
-        name = _model_name(name, "model")
+        name = model_name(name, "model")
         connection = await self.connection(connection_id)
         model_id = str(uuid.uuid4())
         ops = model_ops(model_id, name, connection["id"], files or {}, created_by, now_ms())
@@ -231,7 +232,7 @@ class ModelService:
         """A live model or branch row by id (404 otherwise)."""
         row = await self.db.fetch_one(
             f"SELECT {_MODEL_COLUMNS} FROM analytics_models WHERE id = $1 AND deleted_at IS NULL",
-            _no_nul(model_id, "model"),
+            no_nul(model_id, "model"),
         )
         if row is None:
             raise ModelNotFoundError(model_id)
@@ -242,7 +243,7 @@ class ModelService:
         row = await self.db.fetch_one(
             f"SELECT {_MODEL_COLUMNS} FROM analytics_models"
             " WHERE (id = $1 OR name = $1) AND kind = 'SHARED' AND deleted_at IS NULL ORDER BY created_at LIMIT 1",
-            _no_nul(ref, "model"),
+            no_nul(ref, "model"),
         )
         if row is None:
             raise ModelNotFoundError(ref)
@@ -253,7 +254,7 @@ class ModelService:
         await self.model(model_id)
         row = await self.db.fetch_one(
             f"SELECT {_MODEL_COLUMNS} FROM analytics_models WHERE id = $1 AND base_model_id = $2 AND kind = 'BRANCH'",
-            _no_nul(branch_id, "branch"),
+            no_nul(branch_id, "branch"),
             model_id,
         )
         if row is None:
@@ -265,7 +266,7 @@ class ModelService:
         row = await self.db.fetch_one(
             f"SELECT {_MODEL_COLUMNS} FROM analytics_models WHERE base_model_id = $1 AND name = $2 AND kind = 'BRANCH'",
             model_id,
-            _no_nul(name, "branch"),
+            no_nul(name, "branch"),
         )
         if row is None:
             raise BranchNotFoundError(name)
@@ -305,7 +306,7 @@ class ModelService:
         where, args = ([] if include_deleted else ["deleted_at IS NULL"]), []
         for key, value in (filters or {}).items():
             if value is not None:
-                args.append(_no_nul(value, key))
+                args.append(no_nul(value, key))
                 where.append(f"{columns[key]} = ${len(args)}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = int(await self.db.fetch_val(f"SELECT COUNT(*) FROM analytics_models{clause}", *args))
@@ -342,9 +343,9 @@ class ModelService:
         else `ChecksumMismatchError` (409). Returns the combined files after the write.
         """
         if text.strip():
-            text = _checked_yaml(file_name, text)
+            text = checked_yaml(file_name, text)
         else:
-            _check_file_name(file_name)
+            check_file_name(file_name)
             text = ""
         model = await self.model(model_id)
         base_id, branch = await self._base_and_branch(model, branch_id)
@@ -431,9 +432,9 @@ class ModelService:
         404 (`NotFoundError`) for an unknown model, or a branch not of that model. A branch's own id given as the
         model id, without `branch_id`, resolves that branch of its base model.
         """
-        _no_nul(model_id, "model")
+        no_nul(model_id, "model")
         if branch_id is not None:
-            _no_nul(branch_id, "branch")
+            no_nul(branch_id, "branch")
         rows = await self.db.fetch_all(
             "SELECT id, kind, base_model_id, version FROM analytics_models WHERE id IN ($1, $2) AND deleted_at IS NULL",
             model_id,
@@ -557,81 +558,11 @@ class ModelService:
         return ModelFiles(dict(sorted(files.items())), dict(sorted(sums.items())), overlay.version, base.version)
 
 
-# --- checks of what callers send -----------------------------------------------------------------------------
-
-
-def _no_nul(value: str, kind: str) -> str:
-    """An id or name from a caller: one holding NUL names nothing (PostgreSQL text cannot hold it)."""
-    if "\x00" in value:
-        raise NotFoundError(kind, value)
-    return value
-
-
-def _model_name(name: str, what: str) -> str:
-    name = name.strip()
-    if not name or len(name) > MAX_MODEL_NAME or _CONTROL.search(name):
-        raise BadRequestError(f"a {what} name is 1 to {MAX_MODEL_NAME} characters without control characters")
-    return name
-
-
-def branch_name(name: str) -> str:
-    """A branch name: letters, digits, space and `._/-`, starting with a letter or digit, at most 200 characters."""
-    if not _BRANCH_NAME.match(name) or name != name.strip():
-        raise BadRequestError(
-            "a branch name is 1 to 200 characters of letters, digits, space and ._/- starting with a letter or digit"
-        )
-    return name
-
-
-def _check_file_name(file_name: str) -> None:
-    stem, dot, suffix = file_name.rpartition(".")
-    if file_name == MODEL_FILE or (dot and suffix in ("view", "topic") and NAME_RE.match(stem)):
-        return
-    raise BadRequestError(
-        f"file name {file_name[:80]!r} is not `model`, `<name>.view` or `<name>.topic` (name: an identifier of at most"
-        " 64 characters)"
-    )
-
-
-def _checked_yaml(file_name: str, text: str) -> str:
-    """A file's YAML as stored: a known file name, at most the file size limit, and a YAML mapping."""
-    _check_file_name(file_name)
-    if len(text.encode()) > MAX_FILE_BYTES:
-        raise PayloadTooLargeError(f"file {file_name!r} is over {MAX_FILE_BYTES} bytes")
-    if "\x00" in text:
-        raise BadRequestError(f"file {file_name!r} holds a NUL character")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise BadRequestError(f"file {file_name!r} is not valid YAML{where}") from None
-    if data is not None and not isinstance(data, dict):
-        raise BadRequestError(f"file {file_name!r} must hold a YAML mapping")
-    return text
-
-
-def _connection_target(kind: str, target: str) -> str:
-    """A connection's target as stored: an existing file's absolute path, or a PostgreSQL URL."""
-    if kind not in CONNECTION_KINDS:
-        raise BadRequestError(f"a connection is one of {', '.join(CONNECTION_KINDS)}, not {kind!r}")
-    if not target or len(target) > 4096 or "\x00" in target:
-        raise BadRequestError("a connection needs a file path or URL of at most 4096 characters")
-    if kind == "postgres":
-        if not target.startswith(("postgresql://", "postgres://")):
-            raise BadRequestError("a postgres connection is a postgresql:// URL")
-        return target
-    path = Path(target).expanduser().resolve()
-    if not path.is_file():
-        raise BadRequestError(f"no {kind} database file at {path}")
-    return str(path)
-
-
 def model_ops(
     model_id: str, name: str, connection_id: str, files: Mapping[str, str], created_by: str | None, at: int
 ) -> list[Op]:
     """The statements that make a shared model with its first files (each checked as a YAML write is)."""
-    checked = {file_name: _checked_yaml(file_name, text) for file_name, text in files.items()}
+    checked = {file_name: checked_yaml(file_name, text) for file_name, text in files.items()}
     if len(checked) > MAX_FILES:
         raise BadRequestError(f"a model has at most {MAX_FILES} files")
     ops = [
@@ -649,9 +580,9 @@ def model_ops(
 def _connection_row(name: str, kind: str, target: str) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
-        "name": _model_name(name, "connection"),
+        "name": model_name(name, "connection"),
         "kind": kind,
-        "target": _connection_target(kind, target),
+        "target": connection_target(kind, target),
         "created_at": now_ms(),
     }
 

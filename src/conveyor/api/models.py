@@ -24,9 +24,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.analytics.checks import branch_name
 from conveyor.analytics.semantic import Field as ModelField
 from conveyor.analytics.semantic import SemanticModel, Topic, View, join_columns
-from conveyor.analytics.store import BRANCH, SHARED, ModelService, branch_name
+from conveyor.analytics.store import BRANCH, SHARED, ModelService
 from conveyor.api.auth import principal
 from conveyor.api.deps import iso, json_response
 from conveyor.auth.principal import Principal
